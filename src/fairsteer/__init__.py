@@ -1,0 +1,26 @@
+"""fairsteer: exact group fairness by optimal steering.
+
+Fit Gaussian models per (group, class) cell, audit how far they are from ideal,
+find the nearest ideal model in KL divergence and steer data to it with
+optimal-transport affine maps. THEORY.md is the mathematical contract.
+"""
+
+from fairsteer.errors import InputError
+from fairsteer.model import GaussianModel, fit_model, model_from_stats, shrink_covariance
+from fairsteer.solve import Solution, affirmative_action, all_subgroups, solve
+from fairsteer.stats import CellStats, cell_statistics
+
+__all__ = [
+    "CellStats",
+    "GaussianModel",
+    "InputError",
+    "Solution",
+    "affirmative_action",
+    "all_subgroups",
+    "cell_statistics",
+    "fit_model",
+    "model_from_stats",
+    "shrink_covariance",
+    "solve",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""The one exception type fairsteer raises for bad input.
+
+Every message names the problem and the fix. The CLI turns an ``InputError``
+into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError"]
+
+
+class InputError(ValueError):
+    """Bad input: wrong shapes, non-finite numbers, invalid parameters, unknown names."""

@@ -1,0 +1,162 @@
+"""The few numerical helpers every formula in fairsteer goes through.
+
+All functions accept stacks of matrices (leading batch dimensions) and work in
+float64. Symmetric square roots use ``eigh`` with eigenvalues clamped at zero;
+inverse square roots and log-determinants require positive definiteness and go
+through Cholesky or ``eigh`` so that an indefinite input raises instead of
+silently producing NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from fairsteer.errors import InputError
+
+__all__ = [
+    "kl_gaussian",
+    "logdet_spd",
+    "sqrtm_psd",
+    "inv_sqrtm_spd",
+    "symmetrize",
+    "check_spd",
+    "gaussian_ot_matrix",
+    "tv_bound_from_kl",
+]
+
+Array = NDArray[np.float64]
+
+
+def symmetrize(S: ArrayLike) -> Array:
+    """Return ``(S + S^T) / 2`` over the last two axes."""
+    S = np.asarray(S, dtype=np.float64)
+    return 0.5 * (S + np.swapaxes(S, -1, -2))
+
+
+def _eigh(S: ArrayLike) -> tuple[Array, Array]:
+    return np.linalg.eigh(symmetrize(S))
+
+
+def sqrtm_psd(S: ArrayLike) -> Array:
+    r"""Symmetric square root :math:`S^{1/2}` of a positive semi-definite matrix.
+
+    Computed as :math:`V \operatorname{diag}(\sqrt{\max(\lambda, 0)}) V^T` from
+    ``eigh``; tiny negative eigenvalues from round-off are clamped to zero.
+    """
+    w, V = _eigh(S)
+    return (V * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.swapaxes(V, -1, -2)
+
+
+def inv_sqrtm_spd(S: ArrayLike) -> Array:
+    r"""Symmetric inverse square root :math:`S^{-1/2}` of a positive definite matrix.
+
+    Raises
+    ------
+    InputError
+        If an eigenvalue is not positive (relative to the largest one).
+    """
+    w, V = _eigh(S)
+    scale = np.max(np.abs(w), axis=-1, keepdims=True)
+    if np.any(w <= 1e-14 * np.maximum(scale, np.finfo(float).tiny)):
+        raise InputError(
+            "a covariance matrix is singular or not positive definite; "
+            "use shrinkage (e.g. shrinkage='oas') or more samples per cell"
+        )
+    return (V / np.sqrt(w)[..., None, :]) @ np.swapaxes(V, -1, -2)
+
+
+def check_spd(S: ArrayLike, what: str = "covariance") -> Array:
+    """Return ``S`` as float64 if every matrix in the stack is symmetric positive definite.
+
+    Symmetry is checked to a relative tolerance of 1e-8 (round-off of JSON
+    serialisation and of float64 products is far below that); positive
+    definiteness by Cholesky.
+
+    Raises
+    ------
+    InputError
+        Naming ``what`` and the fix.
+    """
+    S = np.asarray(S, dtype=np.float64)
+    if S.ndim < 2 or S.shape[-1] != S.shape[-2]:
+        raise InputError(f"{what} must be square matrices, got shape {S.shape}")
+    if not np.all(np.isfinite(S)):
+        raise InputError(f"{what} contains NaN or inf")
+    asym = np.abs(S - np.swapaxes(S, -1, -2)).max(initial=0.0)
+    if asym > 1e-8 * max(np.abs(S).max(initial=0.0), 1e-300):
+        raise InputError(f"{what} is not symmetric (max |S - S^T| = {asym:.3g})")
+    try:
+        np.linalg.cholesky(symmetrize(S))
+    except np.linalg.LinAlgError:
+        raise InputError(
+            f"{what} is not positive definite; use shrinkage (e.g. shrinkage='oas') "
+            "or more samples per (group, class) cell"
+        ) from None
+    return symmetrize(S)
+
+
+def logdet_spd(S: ArrayLike) -> Array:
+    """``ln det S`` of symmetric positive definite matrices via Cholesky."""
+    try:
+        L = np.linalg.cholesky(symmetrize(S))
+    except np.linalg.LinAlgError:
+        raise InputError("a covariance matrix is not positive definite") from None
+    return 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+
+
+def kl_gaussian(m1: ArrayLike, S1: ArrayLike, m2: ArrayLike, S2: ArrayLike) -> Array:
+    r"""KL divergence :math:`\mathrm{KL}(N(m_1, S_1) \,\|\, N(m_2, S_2))` in nats.
+
+    .. math::
+
+        \tfrac12\left[\operatorname{tr}(S_2^{-1} S_1) + (m_2 - m_1)^T S_2^{-1} (m_2 - m_1)
+        - d + \ln\det S_2 - \ln\det S_1\right]
+
+    (THEORY section 4.) Broadcasts over leading dimensions. Computed with the
+    Cholesky factor ``L2`` of ``S2``: the trace is ``||L2^{-1} L1||_F^2`` and the
+    Mahalanobis term ``||L2^{-1} (m2 - m1)||^2``.
+    """
+    m1 = np.asarray(m1, dtype=np.float64)
+    m2 = np.asarray(m2, dtype=np.float64)
+    S1 = symmetrize(S1)
+    S2 = symmetrize(S2)
+    d = m1.shape[-1]
+    L1 = np.linalg.cholesky(S1)
+    L2 = np.linalg.cholesky(S2)
+    L1, L2 = np.broadcast_arrays(L1, L2)
+    diff = np.broadcast_to(m2 - m1, L2.shape[:-1])
+    rhs = np.concatenate([L1, diff[..., None]], axis=-1)
+    sol = np.linalg.solve(L2, rhs)
+    trace = np.sum(sol[..., :-1] ** 2, axis=(-2, -1))
+    maha = np.sum(sol[..., -1] ** 2, axis=-1)
+    logdet2 = 2.0 * np.log(np.diagonal(L2, axis1=-2, axis2=-1)).sum(axis=-1)
+    logdet1 = 2.0 * np.log(np.diagonal(L1, axis1=-2, axis2=-1)).sum(axis=-1)
+    return 0.5 * (trace + maha - d + logdet2 - logdet1)
+
+
+def gaussian_ot_matrix(S_source: ArrayLike, S_target: ArrayLike) -> Array:
+    r"""Linear part of the optimal-transport map between two Gaussians.
+
+    The least-squared-displacement map from :math:`N(\mu, S)` to
+    :math:`N(\tilde\mu, \tilde S)` is :math:`x \mapsto \tilde\mu + A (x - \mu)` with
+
+    .. math:: A = S^{-1/2} (S^{1/2} \tilde S S^{1/2})^{1/2} S^{-1/2}
+
+    (THEORY section 5). ``A`` is symmetric positive definite and
+    :math:`A S A = \tilde S`.
+    """
+    root = sqrtm_psd(S_source)
+    inv_root = inv_sqrtm_spd(S_source)
+    middle = sqrtm_psd(root @ symmetrize(S_target) @ root)
+    return symmetrize(inv_root @ middle @ inv_root)
+
+
+def tv_bound_from_kl(kl: ArrayLike) -> Array:
+    r"""Upper bound on total variation from a KL divergence.
+
+    :math:`\mathrm{TV} \le \min(\sqrt{\mathrm{KL}/2}, \sqrt{1 - e^{-\mathrm{KL}}})`
+    (Pinsker; Bretagnolle-Huber), THEORY section 6.
+    """
+    kl = np.clip(np.asarray(kl, dtype=np.float64), 0.0, None)
+    return np.minimum(np.sqrt(kl / 2.0), np.sqrt(-np.expm1(-kl)))

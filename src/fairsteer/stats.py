@@ -1,0 +1,223 @@
+"""Mergeable per-cell sufficient statistics: count, mean and centred scatter.
+
+A *cell* is a (group, class) pair. For the samples of cell (a, i) we keep
+
+- ``counts[a, i]``  = n, the number of samples,
+- ``means[a, i]``   = the sample mean,
+- ``scatters[a, i]`` = sum_k (x_k - mean)(x_k - mean)^T, the centred scatter.
+
+Two sets of statistics merge exactly (Chan, Golub and LeVeque's parallel
+update): with n = n1 + n2 and delta = mean2 - mean1,
+
+    mean = mean1 + delta * n2 / n,
+    scatter = scatter1 + scatter2 + delta delta^T * n1 n2 / n,
+
+so ``merge(stats(A), stats(B)) == stats(A ∪ B)`` up to round-off, whatever the
+order of the batches. This is what lets a fit run as a map-reduce over batches
+(numpy, torch, a distributed engine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from fairsteer.errors import InputError
+
+__all__ = ["CellStats", "cell_statistics", "encode_labels"]
+
+Array = NDArray[np.float64]
+
+
+def encode_labels(
+    values: ArrayLike, labels: Sequence[Hashable] | None, what: str
+) -> tuple[tuple[Hashable, ...], NDArray[np.intp]]:
+    """Map raw labels to integer codes ``0..len(labels)-1``.
+
+    Parameters
+    ----------
+    values : array-like of shape (n,)
+        Raw group or class labels.
+    labels : sequence or None
+        The label order to use. ``None``: the sorted unique values.
+    what : str
+        ``"group"`` or ``"class"``, used in error messages.
+
+    Raises
+    ------
+    InputError
+        If a value is not among ``labels``.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise InputError(f"{what} labels must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError(f"{what} labels contain NaN or inf; drop or fill those rows")
+    if labels is None:
+        uniq, codes = np.unique(arr, return_inverse=True)
+        return tuple(_py(u) for u in uniq), codes.astype(np.intp)
+    labels = tuple(_py(label) for label in labels)
+    lookup = {label: k for k, label in enumerate(labels)}
+    lookup.update({str(label): k for k, label in enumerate(labels)})
+    try:
+        codes = np.fromiter((lookup[_py(v)] for v in arr), dtype=np.intp, count=arr.size)
+    except KeyError as exc:
+        raise InputError(
+            f"unknown {what} {exc.args[0]!r}; known {what}s are {list(labels)}"
+        ) from None
+    return labels, codes
+
+
+def _py(value: object) -> Hashable:
+    """numpy scalar -> plain Python scalar, so labels print and serialise cleanly."""
+    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class CellStats:
+    """Count, mean and centred scatter of the samples of every (group, class) cell.
+
+    Attributes
+    ----------
+    groups, classes : tuple
+        Labels of the groups (axis 0) and classes (axis 1).
+    counts : ndarray of shape (m, K)
+    means : ndarray of shape (m, K, d)
+    scatters : ndarray of shape (m, K, d, d)
+        Centred scatter matrices ``sum (x - mean)(x - mean)^T``.
+    """
+
+    groups: tuple[Hashable, ...]
+    classes: tuple[Hashable, ...]
+    counts: Array
+    means: Array
+    scatters: Array
+
+    @property
+    def n_features(self) -> int:
+        return int(self.means.shape[-1])
+
+    def merge(self, other: CellStats) -> CellStats:
+        """Statistics of the union of the two samples (labels aligned by name).
+
+        Groups and classes are the union of both, in order of first appearance.
+        """
+        if self.n_features != other.n_features:
+            raise InputError(
+                f"cannot merge statistics with {self.n_features} and {other.n_features} features"
+            )
+        groups = self.groups + tuple(g for g in other.groups if g not in self.groups)
+        classes = self.classes + tuple(c for c in other.classes if c not in self.classes)
+        a = self._embed(groups, classes)
+        b = other._embed(groups, classes)
+        n = a.counts + b.counts
+        safe = np.where(n > 0, n, 1.0)
+        delta = b.means - a.means
+        means = a.means + delta * (b.counts / safe)[..., None]
+        weight = (a.counts * b.counts / safe)[..., None, None]
+        scatters = a.scatters + b.scatters + weight * delta[..., :, None] * delta[..., None, :]
+        return CellStats(groups, classes, n, means, scatters)
+
+    def _embed(self, groups: tuple[Hashable, ...], classes: tuple[Hashable, ...]) -> CellStats:
+        m, K, d = len(groups), len(classes), self.n_features
+        gi = [groups.index(g) for g in self.groups]
+        ci = [classes.index(c) for c in self.classes]
+        counts = np.zeros((m, K))
+        means = np.zeros((m, K, d))
+        scatters = np.zeros((m, K, d, d))
+        ix = np.ix_(gi, ci)
+        counts[ix] = self.counts
+        means[ix] = self.means
+        scatters[ix] = self.scatters
+        return CellStats(groups, classes, counts, means, scatters)
+
+    def covariances(self, kind: str = "per-class") -> Array:
+        """Maximum-likelihood covariances, shape (m, K, d, d).
+
+        ``per-class``: scatter / n per cell. ``shared``: per group, the pooled
+        within-class scatter ``sum_i scatter[a, i] / sum_i n[a, i]``, repeated
+        for every class.
+        """
+        self.require_all_cells()
+        if kind == "per-class":
+            return self.scatters / self.counts[..., None, None]
+        if kind == "shared":
+            pooled = self.scatters.sum(axis=1) / self.counts.sum(axis=1)[:, None, None]
+            return np.repeat(pooled[:, None], len(self.classes), axis=1)
+        raise InputError(f"covariance must be 'shared' or 'per-class', got {kind!r}")
+
+    def require_all_cells(self) -> None:
+        """Raise if a class is missing from a group (an empty cell)."""
+        empty = np.argwhere(self.counts <= 0)
+        if empty.size:
+            a, i = empty[0]
+            raise InputError(
+                f"class {self.classes[i]!r} has no samples in group {self.groups[a]!r}; "
+                "every group needs samples of every class (merge or drop that group)"
+            )
+
+
+def cell_statistics(
+    X: ArrayLike,
+    y: ArrayLike,
+    groups: ArrayLike,
+    *,
+    group_labels: Sequence[Hashable] | None = None,
+    class_labels: Sequence[Hashable] | None = None,
+) -> CellStats:
+    """Per-cell count, mean and centred scatter of a sample.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        Features (already log-transformed for log-normal columns).
+    y, groups : array-like of shape (n,)
+        Class and group label of every row.
+    group_labels, class_labels : sequence, optional
+        Label order; default the sorted unique values. Cells with no sample get
+        count 0 (so batches that lack a cell still merge).
+
+    Notes
+    -----
+    The cost is one gather of the rows of each cell and one ``Z^T Z`` product
+    per cell with ``Z`` the centred rows: in total the work of one ``X^T X``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise InputError("X contains NaN or inf; drop or impute those values first")
+    n, d = X.shape
+    glabels, gcodes = encode_labels(groups, group_labels, "group")
+    clabels, ccodes = encode_labels(y, class_labels, "class")
+    if gcodes.size != n or ccodes.size != n:
+        raise InputError(
+            f"X has {n} rows but y has {ccodes.size} and groups has {gcodes.size}; "
+            "pass one label of each per row"
+        )
+    m, K = len(glabels), len(clabels)
+    code = gcodes * K + ccodes
+    counts = np.bincount(code, minlength=m * K).astype(np.float64)
+    order = np.argsort(code, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts).astype(np.intp)])
+    means = np.zeros((m * K, d))
+    scatters = np.zeros((m * K, d, d))
+    for c in range(m * K):
+        lo, hi = bounds[c], bounds[c + 1]
+        if hi == lo:
+            continue
+        Z = X.take(order[lo:hi], axis=0)
+        mean = Z.mean(axis=0)
+        Z -= mean
+        means[c] = mean
+        scatters[c] = Z.T @ Z
+    return CellStats(
+        glabels,
+        clabels,
+        counts.reshape(m, K),
+        means.reshape(m, K, d),
+        scatters.reshape(m, K, d, d),
+    )
