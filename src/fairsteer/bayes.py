@@ -16,7 +16,7 @@ from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 from fairsteer.stats import encode_labels
 
-__all__ = ["log_joint", "posterior", "bayes_predict", "group_codes"]
+__all__ = ["bayes_predict", "group_codes", "log_joint", "posterior"]
 
 Array = NDArray[np.float64]
 
@@ -96,4 +96,3 @@ def bayes_predict(
     if C.shape != (K, K):
         raise InputError(f"cost matrix must have shape ({K}, {K}), got {C.shape}")
     return np.argmin(post @ C, axis=1).astype(np.intp)
-

@@ -15,13 +15,13 @@ from numpy.typing import ArrayLike, NDArray
 from fairsteer.errors import InputError
 
 __all__ = [
+    "check_spd",
+    "gaussian_ot_matrix",
+    "inv_sqrtm_spd",
     "kl_gaussian",
     "logdet_spd",
     "sqrtm_psd",
-    "inv_sqrtm_spd",
     "symmetrize",
-    "check_spd",
-    "gaussian_ot_matrix",
     "tv_bound_from_kl",
 ]
 

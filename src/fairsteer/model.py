@@ -28,7 +28,7 @@ from fairsteer.errors import InputError
 from fairsteer.linalg import check_spd
 from fairsteer.stats import CellStats, cell_statistics
 
-__all__ = ["GaussianModel", "fit_model", "model_from_stats", "shrink_covariance", "FAMILIES"]
+__all__ = ["FAMILIES", "GaussianModel", "fit_model", "model_from_stats", "shrink_covariance"]
 
 Array = NDArray[np.float64]
 FAMILIES = ("normal", "lognormal")
@@ -98,9 +98,7 @@ class GaussianModel:
         if d < 1:
             raise InputError("a model needs at least one feature")
         if covs.shape != (m, K, d, d):
-            raise InputError(
-                f"covariances must have shape ({m}, {K}, {d}, {d}), got {covs.shape}"
-            )
+            raise InputError(f"covariances must have shape ({m}, {K}, {d}, {d}), got {covs.shape}")
         if np.any(priors <= 0):
             a, i = np.argwhere(priors <= 0)[0]
             raise InputError(
@@ -317,7 +315,9 @@ def parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise InputError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -369,7 +369,9 @@ def shrink_covariance(S: ArrayLike, n: ArrayLike, shrinkage: float | str | None)
     mu = np.trace(S, axis1=-2, axis2=-1) / d
     if isinstance(shrinkage, str):
         if shrinkage != "oas":
-            raise InputError(f"shrinkage must be None, a float in [0, 1] or 'oas', got {shrinkage!r}")
+            raise InputError(
+                f"shrinkage must be None, a float in [0, 1] or 'oas', got {shrinkage!r}"
+            )
         alpha = np.mean(S**2, axis=(-2, -1))
         num = alpha + mu**2
         den = (np.asarray(n, dtype=np.float64) + 1.0) * (alpha - mu**2 / d)
@@ -408,9 +410,7 @@ def model_from_stats(
             n = stats.counts
         covs = shrink_covariance(covs, n, shrinkage)
     priors = stats.counts / stats.counts.sum()
-    return GaussianModel(
-        priors, stats.means, covs, stats.groups, stats.classes, family, features
-    )
+    return GaussianModel(priors, stats.means, covs, stats.groups, stats.classes, family, features)
 
 
 def fit_model(
@@ -456,7 +456,9 @@ def fit_model(
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
     fam = _family(family, X.shape[1])
-    mask = np.array([f == "lognormal" for f in ((fam,) * X.shape[1] if isinstance(fam, str) else fam)])
+    mask = np.array(
+        [f == "lognormal" for f in ((fam,) * X.shape[1] if isinstance(fam, str) else fam)]
+    )
     Z = to_model_space(X, mask, features)
     stats = cell_statistics(Z, y, groups, group_labels=group_labels, class_labels=class_labels)
     return model_from_stats(

@@ -15,7 +15,7 @@ from fairsteer.solve.affirmative import affirmative_action
 from fairsteer.solve.all_subgroups import all_subgroups
 from fairsteer.solve.solution import METHODS, Solution
 
-__all__ = ["solve", "affirmative_action", "all_subgroups", "Solution", "METHODS"]
+__all__ = ["METHODS", "Solution", "affirmative_action", "all_subgroups", "solve"]
 
 
 def solve(
