@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.linalg import check_spd
+from fairsteer.linalg import all_finite, check_spd
 from fairsteer.stats import CellStats, cell_statistics
 
 __all__ = ["FAMILIES", "GaussianModel", "fit_model", "model_from_stats", "shrink_covariance"]
@@ -83,7 +83,7 @@ class GaussianModel:
         set_ = object.__setattr__
         priors = _finite(self.priors, "priors")
         means = _finite(self.means, "means")
-        covs = _finite(self.covariances, "covariances")
+        covs = _finite(self.covariances, "covariances", copy=False)
         if priors.ndim != 2:
             raise InputError(f"priors must have shape (groups, classes), got {priors.shape}")
         m, K = priors.shape
@@ -108,7 +108,13 @@ class GaussianModel:
         total = priors.sum()
         if abs(total - 1.0) > PRIOR_SUM_TOL:
             raise InputError(f"priors must sum to 1, they sum to {total:.10g}")
-        covs = check_spd(covs, "covariances")
+        # A shared covariance is stored once per group as a read-only broadcast
+        # view (no K-fold copies, and validated once per group).
+        shared = covs.strides[1] == 0 or bool(np.array_equal(covs, covs[:, :1]))
+        if shared:
+            covs = np.broadcast_to(check_spd(covs[:, :1], "covariances"), (m, K, d, d))
+        else:
+            covs = check_spd(covs, "covariances")
         set_(self, "priors", priors / total)
         set_(self, "means", means)
         set_(self, "covariances", covs)
@@ -117,8 +123,10 @@ class GaussianModel:
         if self.features is not None:
             set_(self, "features", tuple(str(f) for f in _names(self.features, d, "feature")))
         set_(self, "family", _family(self.family, d))
-        for arr in (self.priors, self.means, self.covariances):
+        for arr in (self.priors, self.means):
             arr.setflags(write=False)
+        if not shared:
+            self.covariances.setflags(write=False)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -160,13 +168,10 @@ class GaussianModel:
     def shared_covariance(self) -> bool:
         """True when every class of a group has the same covariance (LDA case).
 
-        Compared to a relative tolerance of 1e-10: a shared covariance written to
-        JSON and read back is equal to ~1e-16, while covariances estimated per
-        class differ at the level of sampling noise.
+        Detected exactly at construction: such models store one covariance per
+        group, broadcast over the classes (a JSON round trip keeps the equality).
         """
-        S = self.covariances
-        scale = np.abs(S).max()
-        return bool(np.all(np.abs(S - S[:, :1]) <= 1e-10 * scale))
+        return self.n_classes == 1 or self.covariances.strides[1] == 0
 
     def to_log_space(self, X: ArrayLike) -> Array:
         """Features on the scale the Gaussian describes (log for log-normal columns).
@@ -252,12 +257,12 @@ class GaussianModel:
 # ---------------------------------------------------------------- helpers
 
 
-def _finite(value: ArrayLike, what: str) -> Array:
+def _finite(value: ArrayLike, what: str, copy: bool = True) -> Array:
     try:
-        arr = np.array(value, dtype=np.float64)
+        arr = np.array(value, dtype=np.float64) if copy else np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"{what} must be a (nested) list of numbers of consistent shape") from None
-    if not np.all(np.isfinite(arr)):
+    if not all_finite(arr):
         raise InputError(f"{what} contains NaN or inf")
     return arr
 
@@ -295,7 +300,7 @@ def to_model_space(
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != log_mask.size:
         raise InputError(f"X must have shape (n, {log_mask.size}), got {X.shape}")
-    if not np.all(np.isfinite(X)):
+    if not all_finite(X):
         raise InputError("X contains NaN or inf; drop or impute those values first")
     if log_mask.any():
         cols = X[:, log_mask]
@@ -405,10 +410,10 @@ def model_from_stats(
     covs = stats.covariances(covariance)
     if shrinkage is not None:
         if covariance == "shared":
-            n = np.repeat(stats.counts.sum(axis=1, keepdims=True), stats.counts.shape[1], axis=1)
+            n_group = stats.counts.sum(axis=1, keepdims=True)
+            covs = np.broadcast_to(shrink_covariance(covs[:, :1], n_group, shrinkage), covs.shape)
         else:
-            n = stats.counts
-        covs = shrink_covariance(covs, n, shrinkage)
+            covs = shrink_covariance(covs, stats.counts, shrinkage)
     priors = stats.counts / stats.counts.sum()
     return GaussianModel(priors, stats.means, covs, stats.groups, stats.classes, family, features)
 

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.linalg import all_finite
 
 __all__ = ["CellStats", "cell_statistics", "encode_labels"]
 
@@ -138,15 +139,16 @@ class CellStats:
         """Maximum-likelihood covariances, shape (m, K, d, d).
 
         ``per-class``: scatter / n per cell. ``shared``: per group, the pooled
-        within-class scatter ``sum_i scatter[a, i] / sum_i n[a, i]``, repeated
-        for every class.
+        within-class scatter ``sum_i scatter[a, i] / sum_i n[a, i]``, broadcast
+        over the classes (a read-only view).
         """
         self.require_all_cells()
         if kind == "per-class":
             return self.scatters / self.counts[..., None, None]
         if kind == "shared":
             pooled = self.scatters.sum(axis=1) / self.counts.sum(axis=1)[:, None, None]
-            return np.repeat(pooled[:, None], len(self.classes), axis=1)
+            m, K, d = self.means.shape
+            return np.broadcast_to(pooled[:, None], (m, K, d, d))
         raise InputError(f"covariance must be 'shared' or 'per-class', got {kind!r}")
 
     def require_all_cells(self) -> None:
@@ -188,7 +190,7 @@ def cell_statistics(
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
+    if not all_finite(X):
         raise InputError("X contains NaN or inf; drop or impute those values first")
     n, d = X.shape
     glabels, gcodes = encode_labels(groups, group_labels, "group")
