@@ -16,10 +16,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.linalg import kl_gaussian, symmetrize, tv_bound_from_kl
+from fairsteer.linalg import kl_gaussian_cells, symmetrize, tv_bound_from_kl
 from fairsteer.model import GaussianModel, read_json, write_atomic
 
-__all__ = ["Solution", "METHODS", "ideal_model", "objective"]
+__all__ = ["METHODS", "Solution", "ideal_model", "objective"]
 
 Array = NDArray[np.float64]
 METHODS = ("affirmative", "all-subgroups")
@@ -44,8 +44,14 @@ def ideal_model(
     Om = np.asarray(covariances, dtype=np.float64)
     G = np.asarray(G, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
-    new_means = np.einsum("ade,ke->akd", G, nu) + t[:, None, :]
-    new_covs = symmetrize(np.einsum("ade,kef,agf->akdg", G, Om, G))
+    m, K, d = G.shape[0], nu.shape[0], nu.shape[1]
+    new_means = nu @ np.swapaxes(G, -1, -2) + t[:, None, :]
+    if Om.strides[0] == 0 or np.array_equal(Om, Om[:1].repeat(K, axis=0)):
+        # Shared reference covariance: one G Om G^T per group, broadcast over classes.
+        per_group = symmetrize(G @ Om[0] @ np.swapaxes(G, -1, -2))
+        new_covs = np.broadcast_to(per_group[:, None], (m, K, d, d))
+    else:
+        new_covs = symmetrize(G[:, None] @ Om[None] @ np.swapaxes(G, -1, -2)[:, None])
     joint = original.group_weights[:, None] * pi[None, :]
     return original.with_params(joint, new_means, new_covs)
 
@@ -66,7 +72,9 @@ def objective(original: GaussianModel, ideal: GaussianModel) -> tuple[float, Arr
     prior_kl : ndarray (m,)
         KL(pi~[a] || pi[a]).
     """
-    cell_kl = kl_gaussian(ideal.means, ideal.covariances, original.means, original.covariances)
+    cell_kl = kl_gaussian_cells(
+        ideal.means, ideal.covariances, original.means, original.covariances
+    )
     pt, po = ideal.class_priors, original.class_priors
     prior_kl = np.sum(pt * (np.log(pt) - np.log(po)), axis=1)
     group_kl = prior_kl + np.sum(pt * cell_kl, axis=1)
@@ -137,7 +145,7 @@ class Solution:
             method=method,
             reference_priors=np.asarray(priors, dtype=np.float64),
             reference_means=np.asarray(means, dtype=np.float64),
-            reference_covariances=symmetrize(covariances),
+            reference_covariances=_shared_or_symmetric(covariances),
             G=np.asarray(G, dtype=np.float64),
             t=np.asarray(t, dtype=np.float64),
             kl=total,
@@ -158,7 +166,8 @@ class Solution:
         With :math:`\beta(\mathrm{KL}) = \min(\sqrt{\mathrm{KL}/2}, \sqrt{1-e^{-\mathrm{KL}}})`
         (Pinsker, Bretagnolle-Huber):
 
-        - ``error``: :math:`|\mathrm{err}_D(h) - \mathrm{err}_{\tilde D}(h)| \le \beta(\mathrm{KL})`;
+        - ``error``: :math:`|\mathrm{err}_D(h) - \mathrm{err}_{\tilde D}(h)|`
+          :math:`\le \beta(\mathrm{KL})`;
         - ``dp_gap``: each P(h=j | A=a) moves by at most :math:`\beta(\mathrm{KL}_a)`,
           so a DP gap measured on D exceeds the one on D~ by at most
           :math:`\max_{a \ne b} \beta(\mathrm{KL}_a) + \beta(\mathrm{KL}_b)`;
@@ -264,6 +273,12 @@ class Solution:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Solution:
         return cls.from_dict(read_json(path))
+
+
+def _shared_or_symmetric(covariances: ArrayLike) -> Array:
+    """Symmetrised copy, or the read-only broadcast view of a shared covariance as is."""
+    Om = np.asarray(covariances, dtype=np.float64)
+    return Om if Om.strides[0] == 0 else symmetrize(Om)
 
 
 def _jsonable(value: Any) -> Any:
