@@ -37,6 +37,7 @@ def test_shared_fit_is_pooled_within_class_covariance():
     X, y, g = data(1)
     model = fit_model(X, y, g, covariance="shared")
     assert model.shared_covariance
+    assert GaussianModel.from_json(model.to_json()).shared_covariance
     for a, gl in enumerate(model.groups):
         resid = np.concatenate(
             [X[(g == gl) & (y == c)] - X[(g == gl) & (y == c)].mean(0) for c in (0, 1)]

@@ -110,7 +110,7 @@ class GaussianModel:
             raise InputError(f"priors must sum to 1, they sum to {total:.10g}")
         # A shared covariance is stored once per group as a read-only broadcast
         # view (no K-fold copies, and validated once per group).
-        shared = covs.strides[1] == 0 or bool(np.array_equal(covs, covs[:, :1]))
+        shared = covs.strides[1] == 0 or bool(np.all(covs == covs[:, :1]))
         if shared:
             covs = np.broadcast_to(check_spd(covs[:, :1], "covariances"), (m, K, d, d))
         else:

@@ -46,7 +46,7 @@ def ideal_model(
     t = np.asarray(t, dtype=np.float64)
     m, K, d = G.shape[0], nu.shape[0], nu.shape[1]
     new_means = nu @ np.swapaxes(G, -1, -2) + t[:, None, :]
-    if Om.strides[0] == 0 or np.array_equal(Om, Om[:1].repeat(K, axis=0)):
+    if Om.strides[0] == 0 or bool(np.all(Om == Om[:1])):
         # Shared reference covariance: one G Om G^T per group, broadcast over classes.
         per_group = symmetrize(G @ Om[0] @ np.swapaxes(G, -1, -2))
         new_covs = np.broadcast_to(per_group[:, None], (m, K, d, d))
