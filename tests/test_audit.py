@@ -130,7 +130,7 @@ def test_multiclass_uniform_weights_match_simulation():
     )
     rep = audit(model, n_samples=60_000)
     assert "lower bound" in rep.notes[0]
-    X, y, g = simulate(model, 300_000, np.random.default_rng(1))
+    X, _y, g = simulate(model, 300_000, np.random.default_rng(1))
     pred = bayes_predict(model, X, g, 1.0 - np.eye(3))
     sel = [[np.mean(pred[g == a] == j) for j in range(3)] for a in model.groups]
     dp = np.max(np.ptp(np.array(sel), axis=0))
