@@ -1,0 +1,223 @@
+"""The ``fairsteer`` command: a thin shell over the library.
+
+Every bad input ends with one line ``fairsteer: error: ...`` on stderr and exit
+code 2. Outputs are written atomically and never over an input file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fairsteer import __version__
+from fairsteer.errors import InputError
+
+__all__ = ["build_parser", "main"]
+
+# Modules that add subcommands with ``add_parser(subparsers)``; optional worlds
+# (experiments need pandas, scikit-learn, ...) register only when importable.
+EXTENSIONS = (
+    "fairsteer.steer_cli",
+    "fairsteer.experiments.demo",
+    "fairsteer.experiments.cli",
+)
+
+
+def _fail(message: str) -> int:
+    print(f"fairsteer: error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_output(output: str | Path, *inputs: str | Path) -> None:
+    """Refuse an output path that is one of the inputs."""
+    out = Path(output).resolve()
+    for path in inputs:
+        if Path(path).resolve() == out:
+            raise InputError(f"refusing to overwrite the input {path}; choose another -o")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist")
+
+
+def load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str], Any]:
+    """Table, features, labels and groups named by --group/--label/--features."""
+    from fairsteer.io import read_table
+
+    table = read_table(args.data)
+    table.require([args.group, args.label])
+    features = args.features or table.numeric_names(exclude=(args.group, args.label))
+    if not features:
+        raise InputError("no numeric feature columns found; name them with --features")
+    for name in features:
+        if name in (args.group, args.label):
+            raise InputError(f"column {name!r} cannot be both a feature and the group/label")
+    X = table.numeric(features)
+    return table, X, table.values(args.label), features, table.values(args.group)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--group, --label, --features, --family, --covariance, --shrinkage."""
+    p.add_argument("data", help="CSV or Parquet file")
+    p.add_argument("--group", required=True, help="column with the sensitive attribute")
+    p.add_argument("--label", required=True, help="column with the class label")
+    p.add_argument(
+        "--features",
+        nargs="+",
+        metavar="COL",
+        help="feature columns (default: every numeric column but group and label)",
+    )
+    p.add_argument(
+        "--family",
+        nargs="+",
+        default=["normal"],
+        metavar="FAMILY",
+        help="normal or lognormal; one for all features or one per feature",
+    )
+    p.add_argument("--covariance", choices=["per-class", "shared"], default="per-class")
+    p.add_argument(
+        "--shrinkage", default=None, help="covariance shrinkage: a number in [0, 1] or 'oas'"
+    )
+
+
+def fit_from_args(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(table, model, features) for the data arguments of ``fit`` and ``steer``."""
+    from fairsteer.model import fit_model
+
+    table, X, y, features, groups = load_data(args)
+    family = args.family[0] if len(args.family) == 1 else tuple(args.family)
+    model = fit_model(
+        X,
+        y,
+        groups,
+        family=family,
+        covariance=args.covariance,
+        shrinkage=_shrinkage(args.shrinkage),
+        features=features,
+    )
+    return table, model, features
+
+
+def _shrinkage(value: str | None) -> float | str | None:
+    if value is None or value == "oas":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(
+            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
+        ) from None
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    check_output(args.output, args.data)
+    _, model, features = fit_from_args(args)
+    model.save(args.output)
+    print(
+        f"fitted {model.n_groups} groups x {model.n_classes} classes on {len(features)} "
+        f"features ({model.family}, {args.covariance} covariance) -> {args.output}"
+    )
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from fairsteer.audit import audit
+    from fairsteer.model import GaussianModel
+
+    model = GaussianModel.load(args.model)
+    report = audit(model, seed=args.seed)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(report.summary())
+    return 0
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from fairsteer.model import GaussianModel
+    from fairsteer.solve import solve
+
+    check_output(args.output, args.model)
+    model = GaussianModel.load(args.model)
+    sol = solve(model, args.method, reference=args.reference, seed=args.seed)
+    sol.save(args.output)
+    b = sol.bounds()
+    ref = f", reference group {sol.reference_group!r}" if sol.reference_group is not None else ""
+    print(
+        f"{sol.method}{ref}: KL(ideal || original) = {sol.kl:.6g} nats -> {args.output}\n"
+        f"transfer bounds (THEORY 6): error {b['error']:.4f}, DP gap {b['dp_gap']:.4f}, "
+        f"EO gap {b['eo_gap']:.4f}, equalized odds {b['equalized_odds_gap']:.4f}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fairsteer",
+        description="Exact group fairness by optimal steering: fit, audit, solve, steer.",
+    )
+    parser.add_argument("--version", action="version", version=f"fairsteer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "fit",
+        help="fit a Gaussian model per (group, class) cell",
+        epilog="example: fairsteer fit data.csv --group sex --label y -o model.json",
+    )
+    add_data_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="model JSON to write")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser(
+        "audit",
+        help="how far a model is from ideal",
+        epilog="example: fairsteer audit model.json --json",
+    )
+    p.add_argument("model", help="model JSON (from fit)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--seed", type=int, default=0, help="seed of Monte-Carlo estimates")
+    p.set_defaults(handler=_cmd_audit)
+
+    p = sub.add_parser(
+        "solve",
+        help="nearest ideal model in KL divergence",
+        epilog="example: fairsteer solve model.json --method all-subgroups -o ideal.json",
+    )
+    p.add_argument("model", help="model JSON (from fit)")
+    p.add_argument("--method", choices=["affirmative", "all-subgroups"], default="affirmative")
+    p.add_argument("--reference", help="affirmative: the group that stays (default: best)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random extra starts")
+    p.add_argument("-o", "--output", required=True, help="solution JSON to write")
+    p.set_defaults(handler=_cmd_solve)
+
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # that command is not part of this installation
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except InputError as exc:
+        return _fail(str(exc))
+    except (OSError, MemoryError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
