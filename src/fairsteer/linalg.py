@@ -168,12 +168,18 @@ def kl_gaussian_cells(
     m2 = np.asarray(m2, dtype=np.float64)
     if not (is_class_shared(S1) and is_class_shared(S2)):
         return kl_gaussian(m1, S1, m2, S2)
+    from scipy.linalg import solve_triangular
+
     d = m1.shape[-1]
     L1 = np.linalg.cholesky(symmetrize(S1[:, 0]))
     L2 = np.linalg.cholesky(symmetrize(S2[:, 0]))
-    trace = np.sum(np.linalg.solve(L2, L1) ** 2, axis=(-2, -1))
-    sol = np.linalg.solve(L2, np.swapaxes(m2 - m1, -1, -2))  # (m, d, K)
-    maha = np.sum(sol**2, axis=-2)
+    diff = np.swapaxes(m2 - m1, -1, -2)  # (m, d, K)
+    trace = np.empty(len(L1))
+    maha = np.empty(diff.shape[::2])
+    for a in range(len(L1)):
+        sol = solve_triangular(L2[a], np.concatenate([L1[a], diff[a]], axis=1), lower=True)
+        trace[a] = np.sum(sol[:, :d] ** 2)
+        maha[a] = np.sum(sol[:, d:] ** 2, axis=0)
     logdet2 = 2.0 * np.log(np.diagonal(L2, axis1=-2, axis2=-1)).sum(axis=-1)
     logdet1 = 2.0 * np.log(np.diagonal(L1, axis1=-2, axis2=-1)).sum(axis=-1)
     return 0.5 * ((trace - d + logdet2 - logdet1)[:, None] + maha)

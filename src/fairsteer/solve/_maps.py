@@ -10,72 +10,115 @@ over invertible G and vectors t.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg import solve_triangular
 from scipy.optimize import minimize
 
-from fairsteer.linalg import inv_sqrtm_spd, symmetrize
+from fairsteer.errors import InputError
+from fairsteer.linalg import symmetrize
 
 Array = NDArray[np.float64]
 
 
-@dataclass(frozen=True)
 class GroupFactors:
-    """Factorisations of one group's covariances, computed once and reused."""
+    """Cholesky factors of one group's covariances, computed once and reused.
 
-    means: Array  # (K, d)
-    covs: Array  # (K, d, d), possibly a broadcast view when shared
-    shared: bool
-    precisions: Array  # (K, d, d) or (1, d, d) when shared
-    root: Array  # S^1/2 of the (first) covariance
-    inv_root: Array  # S^-1/2 of the (first) covariance
-    logdets: Array  # (K,)
+    ``chol`` has shape (K, d, d), or (1, d, d) for a shared covariance;
+    ``precisions`` (the inverses) are computed on first use.
+    """
+
+    def __init__(self, means: Array, covs: Array, shared: bool) -> None:
+        self.means, self.covs, self.shared = means, covs, shared
+        try:
+            self.chol = np.linalg.cholesky(symmetrize(covs[:1] if shared else covs))
+        except np.linalg.LinAlgError:
+            raise InputError("a covariance is not positive definite; use shrinkage") from None
+        logdets = 2.0 * np.log(np.diagonal(self.chol, axis1=-2, axis2=-1)).sum(axis=-1)
+        self.logdets = np.repeat(logdets, means.shape[0]) if shared else logdets
+        self._precisions: Array | None = None
 
     @classmethod
     def of(cls, means: Array, covs: Array, shared: bool) -> GroupFactors:
-        base = covs[:1] if shared else covs
-        w, V = np.linalg.eigh(symmetrize(base))
-        if np.any(w <= 0):
-            from fairsteer.errors import InputError
+        return cls(means, covs, shared)
 
-            raise InputError("a covariance is not positive definite; use shrinkage")
-        Vt = np.swapaxes(V, -1, -2)
-        root = (V * np.sqrt(w)[..., None, :]) @ Vt
-        inv_root = (V / np.sqrt(w)[..., None, :]) @ Vt
-        precisions = (V / w[..., None, :]) @ Vt
-        logdets = np.log(w).sum(axis=-1)
-        if shared:
-            logdets = np.repeat(logdets, means.shape[0])
-        return cls(means, covs, shared, precisions, root[0], inv_root[0], logdets)
+    @property
+    def precisions(self) -> Array:
+        if self._precisions is None:
+            eye = np.eye(self.chol.shape[-1])
+            inv_chol = np.stack([solve_triangular(L, eye, lower=True) for L in self.chol])
+            self._precisions = np.swapaxes(inv_chol, -1, -2) @ inv_chol
+        return self._precisions
 
 
 def closed_form(
-    pi: Array, nu: Array, Om_pooled: Array, target: GroupFactors, S_pooled: Array | None = None
-) -> tuple[Array, Array]:
+    pi: Array,
+    nu: Array,
+    Om_pooled: Array,
+    target: GroupFactors,
+    S_pooled: Array | None = None,
+    *,
+    value_only: bool = False,
+) -> tuple[Array, Array] | float:
     """Global minimiser of f for shared covariances (THEORY 4a closed form).
 
     ``Om_pooled`` is the reference's (shared) covariance; ``S_pooled`` the group's,
     default its shared covariance. Used with pooled covariances as a start for
     the per-class search.
+
+    THEORY writes the solution with symmetric square roots; any factors
+    C = L L^T and S = R R^T give the same G: with G = R g L^-1 the objective
+    becomes 1/2 ||g||_F^2 - tr(g E) - ln|det g| + const, E = L^-1 B R^-T, so
+    Cholesky factors (an order of magnitude cheaper than eigh) suffice.
+
+    With ``value_only`` the minimum value of f is returned instead, from the
+    singular values s of E alone (no singular vectors): with
+    sigma = (s + sqrt(s^2 + 4)) / 2,
+
+        min f = 1/2 [sum(sigma^2 - 2 sigma s - 2 ln sigma)
+                     + sum_i pi_i (mu_i - mbar)^T S^-1 (mu_i - mbar) - d
+                     + ln det C - ln det Om].
     """
     mbar_r = pi @ nu
     mbar_a = pi @ target.means
     dr = nu - mbar_r
     da = target.means - mbar_a
     C = Om_pooled + (dr.T * pi) @ dr
-    B = (dr.T * pi) @ da
-    if S_pooled is None:
-        S_root, S_inv_root = target.root, target.inv_root
+    R = target.chol[0] if S_pooled is None else np.linalg.cholesky(symmetrize(S_pooled))
+    try:
+        L = np.linalg.cholesky(symmetrize(C))
+    except np.linalg.LinAlgError:
+        raise InputError("a reference covariance is not positive definite") from None
+    # E = P Q^T with P = L^-1 Dr^T diag(sqrt pi), Q = R^-1 Da^T diag(sqrt pi):
+    # rank <= K, so the SVD of E comes from thin QRs and a K x K SVD.
+    root_pi = np.sqrt(pi)[:, None]
+    P = solve_triangular(L, (dr * root_pi).T, lower=True)
+    Q = solve_triangular(R, (da * root_pi).T, lower=True)
+    d, K = P.shape
+    if d > K:
+        Qp, Rp = np.linalg.qr(P)
+        Qq, Rq = np.linalg.qr(Q)
+        Um, s, Vmt = np.linalg.svd(Rq @ Rp.T)  # E^T = Qq (Rq Rp^T) Qp^T
+        U, V = Qq @ Um, Qp @ Vmt.T
     else:
-        S_inv_root = inv_sqrtm_spd(S_pooled)
-        S_root = np.linalg.inv(S_inv_root)
-    C_inv_root = inv_sqrtm_spd(C)
-    E = C_inv_root @ B @ S_inv_root
-    U, s, Vt = np.linalg.svd(E.T)
-    g = (U * ((s + np.sqrt(s**2 + 4.0)) / 2.0)) @ Vt
-    G = S_root @ g @ C_inv_root
+        U, s, Vt = np.linalg.svd(Q @ P.T)
+        V = Vt.T
+    sigma = (s + np.sqrt(s**2 + 4.0)) / 2.0
+    if value_only:
+        logdet_C = 2.0 * np.log(np.diagonal(L)).sum()
+        logdet_Om = np.linalg.slogdet(Om_pooled)[1]
+        inner = np.sum(sigma**2 - 2.0 * sigma * s - 2.0 * np.log(sigma))
+        return 0.5 * float(inner + np.sum(Q**2) - d + logdet_C - logdet_Om)
+    g = (U * sigma) @ V.T
+    if U.shape[1] < d:
+        # Zero singular values: sigma = 1, and any orthogonal map between the
+        # complements of span(V) and span(U) attains the minimum. The ideal
+        # model is the same for every choice (the complement never meets the
+        # class-mean directions); we take the pairing of complete-QR bases.
+        U_perp = np.linalg.qr(U, mode="complete")[0][:, U.shape[1] :]
+        V_perp = np.linalg.qr(V, mode="complete")[0][:, V.shape[1] :]
+        g += U_perp @ V_perp.T
+    G = solve_triangular(L, (R @ g).T, lower=True, trans="T").T
     t = mbar_a - G @ mbar_r
     return G, t
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
-from fairsteer.solve._maps import GroupFactors, best_map
+from fairsteer.solve._maps import GroupFactors, best_map, closed_form
 from fairsteer.solve.solution import Solution
 
 __all__ = ["affirmative_action"]
@@ -78,6 +78,11 @@ def affirmative_action(
     ]
     if reference is not None:
         candidates = [_reference_index(model, reference)]
+    elif shared:
+        # The minimum KL of every reference from singular values alone; only the
+        # best reference's maps are then built.
+        values = {r: _shared_kl(model, r, factors) for r in range(model.n_groups)}
+        candidates = [min(values, key=values.get)]
     else:
         candidates = list(range(model.n_groups))
     best: Solution | None = None
@@ -88,8 +93,24 @@ def affirmative_action(
         if best is None or sol.kl < best.kl:
             best = sol
     assert best is not None
+    if reference is None and shared:
+        tried = {str(model.groups[r]): v for r, v in values.items()}
     best.diagnostics["kl_by_reference"] = tried
     return best
+
+
+def _shared_kl(model: GaussianModel, r: int, factors: list[GroupFactors]) -> float:
+    """Total KL of the affirmative solution with reference r (shared covariance)."""
+    pi_r = model.class_priors[r]
+    total = 0.0
+    for a in range(model.n_groups):
+        if a == r:
+            continue
+        pi_a = model.class_priors[a]
+        prior_kl = float(np.sum(pi_r * (np.log(pi_r) - np.log(pi_a))))
+        f = closed_form(pi_r, model.means[r], model.covariances[r, 0], factors[a], value_only=True)
+        total += model.group_weights[a] * (prior_kl + f)
+    return total
 
 
 def _solve_for_reference(
