@@ -229,3 +229,62 @@ def test_console_script_smoke(tmp_path):
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("fairsteer: error: unknown column")
+
+
+def test_steer_carries_other_columns_and_adds_weights(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    _X, y, g = write_csv(data)
+    before = digest(data)
+    out = tmp_path / "s.csv"
+    code, _text, err = run(
+        capsys,
+        "steer",
+        data,
+        "--group",
+        "sex",
+        "--label",
+        "label",
+        "--method",
+        "all-subgroups",
+        "--artifacts",
+        "-o",
+        out,
+    )
+    assert code == 0, err
+    rows_in = [r.split(",") for r in data.read_text().splitlines()]
+    rows_out = [r.split(",") for r in out.read_text().splitlines()]
+    assert rows_out[0] == [*rows_in[0], "weight"] and len(rows_out) == len(rows_in)
+    for a, b in zip(rows_in[1:], rows_out[1:]):
+        assert b[2:5] == a[2:5]  # sex, label, note unchanged, same order
+    steered = np.array([[float(v) for v in r[:2]] for r in rows_out[1:]])
+    refit = fit_model(steered, y, g)
+    sol = Solution.load(tmp_path / "s.solution.json")
+    # Steered moments equal the ideal ones up to CSV float round trip (exact repr).
+    np.testing.assert_allclose(refit.covariances, sol.ideal.covariances, atol=1e-10)
+    weights = np.array([float(r[-1]) for r in rows_out[1:]])
+    ratio = sol.ideal.class_priors / GaussianModel.load(tmp_path / "s.model.json").class_priors
+    np.testing.assert_allclose(weights, ratio[(g == "m").astype(int), y], rtol=1e-12)
+    audits = json.loads((tmp_path / "s.audit.json").read_text())
+    assert audits["after"]["is_ideal"] and not audits["before"]["is_ideal"]
+    assert digest(data) == before
+
+
+def test_steer_refuses_existing_weight_column_and_own_input(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    write_csv(data)
+    code, _, err = run(
+        capsys,
+        "steer",
+        data,
+        "--group",
+        "sex",
+        "--label",
+        "label",
+        "--weight-column",
+        "note",
+        "-o",
+        tmp_path / "o.csv",
+    )
+    assert code == 2 and "already exists" in err
+    code, _, err = run(capsys, "steer", data, "--group", "sex", "--label", "label", "-o", data)
+    assert code == 2 and "refusing to overwrite" in err

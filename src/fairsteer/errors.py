@@ -6,8 +6,12 @@ into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "NotFittedError"]
 
 
 class InputError(ValueError):
     """Bad input: wrong shapes, non-finite numbers, invalid parameters, unknown names."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """An estimator was used before ``fit`` (same bases as scikit-learn's NotFittedError)."""

@@ -1,0 +1,291 @@
+"""``OptimalSteering``: a scikit-learn / imbalanced-learn style pre-processor.
+
+Fits the Gaussian model of the training data, solves for the nearest ideal
+model and steers data to it with the per-cell OT maps (:mod:`fairsteer.maps`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from fairsteer.errors import InputError
+from fairsteer.maps import UNLABELED_MODES, SteeringMaps
+from fairsteer.model import GaussianModel, fit_model, read_json, write_atomic
+from fairsteer.solve import METHODS, Solution, solve
+
+__all__ = ["OptimalSteering"]
+
+PRIOR_MODES = ("weights", "resample", "none")
+
+
+def _to_array(X: Any) -> tuple[NDArray[np.float64], list[str] | None, Any]:
+    """(float array, column names or None, a function wrapping an array like X)."""
+    module = type(X).__module__.split(".")[0]
+    if module == "pandas":
+        names = [str(c) for c in X.columns]
+        index, columns = X.index, X.columns
+
+        def wrap(values: NDArray[np.float64], rows: Any = None) -> Any:
+            import pandas as pd
+
+            idx = index if rows is None else index[rows]
+            return pd.DataFrame(values, index=idx, columns=columns)
+
+        return X.to_numpy(dtype=np.float64), names, wrap
+    if module == "polars":
+        names = list(X.columns)
+
+        def wrap(values: NDArray[np.float64], rows: Any = None) -> Any:
+            import polars as pl
+
+            return pl.DataFrame(values, schema=names, orient="row")
+
+        return X.to_numpy().astype(np.float64), names, wrap
+    try:
+        arr = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("X must be numeric (a numpy array, pandas or polars frame)") from None
+    if arr.ndim != 2:
+        raise InputError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    return arr, None, lambda values, rows=None: values
+
+
+def _labels(v: Any) -> NDArray[Any]:
+    if hasattr(v, "to_numpy"):
+        v = v.to_numpy()
+    return np.asarray(v)
+
+
+class OptimalSteering:
+    """Steer training data to the nearest ideal distribution (exact group fairness).
+
+    Parameters
+    ----------
+    method : {"affirmative", "all-subgroups"}
+        Nearest-ideal solver (THEORY 4a / 4b).
+    family : "normal", "lognormal" or one per feature
+    covariance : {"per-class", "shared"}
+    reference : group name, optional
+        Affirmative action: the group kept in place (default: smallest KL).
+    shrinkage : None, float or "oas"
+        Covariance shrinkage for small cells.
+    prior_mode : {"weights", "resample", "none"}
+        How ``fit_resample`` equalises the class priors across groups:
+        importance weights pi~[i]/pi[a,i] in ``sample_weight_`` (rows unchanged),
+        a stratified resample, or not at all.
+    unlabeled : {"soft", "hard", "none"}
+        How ``transform`` treats rows whose label is unknown (THEORY 5).
+    seed : int
+        Seed of the solvers' random starts and of resampling.
+
+    Attributes
+    ----------
+    model_ : GaussianModel
+    solution_ : Solution
+    maps_ : SteeringMaps
+    groups_, classes_ : ndarray
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str (when fitted on a frame)
+    sample_weight_ : ndarray (after ``fit_resample`` with prior_mode="weights")
+
+    Notes
+    -----
+    ``fit`` and ``fit_resample`` need ``sensitive_features=``, so the generic
+    scikit-learn estimator checks that call ``fit(X, y)`` do not apply; the
+    conventions they check (parameters stored untouched in ``__init__``,
+    ``get_params``/``set_params``/``clone``, learned attributes ending in ``_``,
+    ``NotFittedError`` before fit, ``n_features_in_`` validation) are tested
+    directly. Inside an imbalanced-learn ``Pipeline``, pass the groups through
+    metadata routing (``sklearn.set_config(enable_metadata_routing=True)`` and
+    ``OptimalSteering().set_fit_resample_request(sensitive_features=True)``) or
+    steer outside the pipeline with ``fit_resample``.
+    """
+
+    def __init__(
+        self,
+        method: str = "affirmative",
+        family: str | tuple[str, ...] = "normal",
+        covariance: str = "per-class",
+        reference: Hashable | None = None,
+        shrinkage: float | str | None = None,
+        prior_mode: str = "weights",
+        unlabeled: str = "soft",
+        seed: int = 0,
+    ) -> None:
+        self.method = method
+        self.family = family
+        self.covariance = covariance
+        self.reference = reference
+        self.shrinkage = shrinkage
+        self.prior_mode = prior_mode
+        self.unlabeled = unlabeled
+        self.seed = seed
+
+    # sklearn parameter protocol without importing sklearn in the core
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "method",
+                "family",
+                "covariance",
+                "reference",
+                "shrinkage",
+                "prior_mode",
+                "unlabeled",
+                "seed",
+            )
+        }
+
+    def set_params(self, **params: Any) -> OptimalSteering:
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"invalid parameter {key!r} for OptimalSteering")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"OptimalSteering({args})"
+
+    def __sklearn_tags__(self) -> Any:  # pragma: no cover - only used by sklearn utilities
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        return Tags(
+            estimator_type=None,
+            target_tags=TargetTags(required=True),
+            transformer_tags=TransformerTags(),
+        )
+
+    # ------------------------------------------------------------------ fit
+    def _validate_params(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.prior_mode not in PRIOR_MODES:
+            raise InputError(f"prior_mode must be one of {PRIOR_MODES}, got {self.prior_mode!r}")
+        if self.unlabeled not in UNLABELED_MODES:
+            raise InputError(f"unlabeled must be one of {UNLABELED_MODES}, got {self.unlabeled!r}")
+
+    def fit(self, X: ArrayLike, y: ArrayLike, *, sensitive_features: ArrayLike) -> OptimalSteering:
+        """Fit the model of (X, y) per group, solve, and build the steering maps."""
+        self._validate_params()
+        arr, names, _ = _to_array(X)
+        self.model_ = fit_model(
+            arr,
+            _labels(y),
+            _labels(sensitive_features),
+            family=self.family,
+            covariance=self.covariance,
+            shrinkage=self.shrinkage,
+            features=names,
+        )
+        self.solution_ = solve(self.model_, self.method, reference=self.reference, seed=self.seed)
+        self._set_fitted(self.model_, self.solution_)
+        return self
+
+    def _set_fitted(self, model: GaussianModel, solution: Solution) -> None:
+        self.model_, self.solution_ = model, solution
+        self.maps_ = SteeringMaps.from_solution(model, solution)
+        self.groups_ = np.asarray(model.groups, dtype=object)
+        self.classes_ = np.asarray(model.classes, dtype=object)
+        self.n_features_in_ = model.n_features
+        if model.features is not None:
+            self.feature_names_in_ = np.asarray(model.features, dtype=object)
+
+    def _check(self, X: Any) -> tuple[NDArray[np.float64], Any]:
+        if not hasattr(self, "maps_"):
+            from fairsteer.errors import NotFittedError
+
+            raise NotFittedError(
+                "This OptimalSteering instance is not fitted yet; call fit or fit_resample first"
+            )
+        arr, names, wrap = _to_array(X)
+        if arr.shape[1] != self.n_features_in_:
+            raise InputError(
+                f"X has {arr.shape[1]} features, but OptimalSteering was fitted with "
+                f"{self.n_features_in_}"
+            )
+        fitted = getattr(self, "feature_names_in_", None)
+        if names is not None and fitted is not None and list(names) != list(fitted):
+            raise InputError(
+                f"X has columns {names}, but OptimalSteering was fitted with {list(fitted)}; "
+                "pass the same columns in the same order"
+            )
+        return arr, wrap
+
+    def fit_resample(
+        self, X: ArrayLike, y: ArrayLike, *, sensitive_features: ArrayLike
+    ) -> tuple[Any, Any]:
+        """Fit, then return the steered training set ``(X_steered, y)``.
+
+        With ``prior_mode="weights"`` rows are kept and the prior-equalising
+        weights are stored in ``sample_weight_``; with ``"resample"`` the rows
+        of a stratified resample are returned (``sample_indices_`` holds them).
+        """
+        self.fit(X, y, sensitive_features=sensitive_features)
+        return self.steer(X, y, sensitive_features=sensitive_features)
+
+    def steer(
+        self, X: ArrayLike, y: ArrayLike, *, sensitive_features: ArrayLike
+    ) -> tuple[Any, Any]:
+        """Steer labelled data with the fitted maps (see :meth:`fit_resample`)."""
+        arr, wrap = self._check(X)
+        y_arr, g = _labels(y), _labels(sensitive_features)
+        steered = self.maps_.steer(arr, y_arr, g)
+        if self.prior_mode == "weights":
+            self.sample_weight_ = self.maps_.weights(y_arr, g)
+        elif self.prior_mode == "resample":
+            rows = self.maps_.resample(y_arr, g, self.seed)
+            self.sample_indices_ = rows
+            y_out = y.iloc[rows] if hasattr(y, "iloc") else y_arr[rows]
+            return wrap(steered[rows], rows), y_out
+        else:
+            self.sample_weight_ = np.ones(arr.shape[0])
+        return wrap(steered), y
+
+    def transform(self, X: ArrayLike, *, sensitive_features: ArrayLike) -> Any:
+        """Steer rows whose label is unknown (mode ``unlabeled``)."""
+        arr, wrap = self._check(X)
+        return wrap(self.maps_.transform(arr, _labels(sensitive_features), self.unlabeled))
+
+    # ----------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """Settings, fitted model and solution (JSON-ready)."""
+        self._check(np.zeros((1, self.n_features_in_)))
+        params = self.get_params()
+        if isinstance(params["family"], tuple):
+            params["family"] = list(params["family"])
+        return {
+            "params": params,
+            "model": self.model_.to_dict(),
+            "solution": self.solution_.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted steering as JSON (atomically); no pickle needed."""
+        write_atomic(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OptimalSteering:
+        try:
+            params = dict(data["params"])
+            if isinstance(params.get("family"), list):
+                params["family"] = tuple(params["family"])
+            est = cls(**params)
+            est._set_fitted(
+                GaussianModel.from_dict(data["model"]), Solution.from_dict(data["solution"])
+            )
+        except (KeyError, TypeError):
+            raise InputError("not a saved OptimalSteering: needs params, model, solution") from None
+        return est
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> OptimalSteering:
+        return cls.from_dict(read_json(path))
