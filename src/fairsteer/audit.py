@@ -30,12 +30,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, logsumexp
+from scipy.special import expit, logit, logsumexp
 from scipy.stats import norm
 
 from fairsteer.bayes import log_joint
+from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 
 __all__ = ["IDEAL_KL_TOL", "Audit", "audit"]
@@ -55,7 +56,7 @@ class Audit:
         True when an affinely-equivalent ideal model is within
         ``IDEAL_KL_TOL`` nats (THEORY 3's sufficient condition; then every gap
         is zero for every cost).
-    method : {"closed-form", "monte-carlo", "trivial"}
+    method : {"closed-form", "monte-carlo"}
         How the gaps were computed.
     accuracy : float
         Bound on the absolute error of each reported gap.
@@ -66,6 +67,8 @@ class Audit:
         Cost c (binary) or class weights (multi-class) attaining each supremum.
     dp_gap_half, eo_gap_half, equalized_odds_gap_half : float
         Gaps at cost 1/2 (0-1 loss).
+    bayes_error : float
+        Error rate of the Bayes classifier at cost 1/2 (0-1 loss).
     prior_residual : float
         max over groups a, b and classes i of |pi[a,i] - pi[b,i]|.
     gram_residual : float or None
@@ -90,6 +93,7 @@ class Audit:
     dp_gap_half: float
     eo_gap_half: float
     equalized_odds_gap_half: float
+    bayes_error: float
     prior_residual: float
     gram_residual: float | None
     nearest_ideal_kl: float
@@ -113,6 +117,7 @@ class Audit:
             f"  {'equal opportunity':22s}{self.eo_gap:16.4f}{self.eo_gap_half:14.4f}",
             f"  {'equalized odds':22s}{self.equalized_odds_gap:16.4f}"
             f"{self.equalized_odds_gap_half:14.4f}",
+            f"Bayes error at cost 1/2 = {self.bayes_error:.4f}",
             f"prior residual max|pi[a]-pi[b]| = {self.prior_residual:.4g}",
         ]
         if self.gram_residual is not None:
@@ -125,24 +130,52 @@ def _spread(x: Array, axis: int = 0) -> Array:
     return x.max(axis=axis) - x.min(axis=axis)
 
 
-def _binary_closed_form(model: GaussianModel) -> dict[str, Any]:
-    d = model.means[:, 1] - model.means[:, 0]  # (m, dim)
+def binary_rates(model: GaussianModel, costs: ArrayLike) -> tuple[Array, Array]:
+    """Exact TPR and FPR of h_c per group for a binary shared-covariance model.
+
+    Given Y the log-likelihood ratio of group a is N(+-delta_a^2/2, delta_a^2);
+    h_c predicts 1 iff LLR >= logit(c) - logit(pi[a,1]) (THEORY 3).
+
+    Returns
+    -------
+    tpr, fpr : ndarray of shape (len(costs), m)
+    """
+    if model.n_classes != 2 or not model.shared_covariance:
+        raise InputError("closed-form rates need a binary model with shared covariance")
+    d = model.means[:, 1] - model.means[:, 0]
     P = np.linalg.inv(model.covariances[:, 0])
     delta = np.sqrt(np.einsum("ad,ade,ae->a", d, P, d))
     pi1 = model.class_priors[:, 1]
-    logit_pi = np.log(pi1) - np.log1p(-pi1)
+    c = np.atleast_1d(np.asarray(costs, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        u = logit(c)  # +-inf at c = 1, 0: predict never / always
+    tau = u[:, None] - (np.log(pi1) - np.log1p(-pi1))[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = (tau <= 0) * 1.0
+        tpr = np.where(delta > 0, norm.sf((tau - delta**2 / 2) / delta), step)
+        fpr = np.where(delta > 0, norm.sf((tau + delta**2 / 2) / delta), step)
+    return tpr, fpr
 
-    def rates(u: float) -> tuple[Array, Array]:
-        tau = u - logit_pi
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tpr = np.where(delta > 0, norm.sf((tau - delta**2 / 2) / delta), (tau <= 0) * 1.0)
-            fpr = np.where(delta > 0, norm.sf((tau + delta**2 / 2) / delta), (tau <= 0) * 1.0)
-        return tpr, fpr
 
+def binary_gap_curves(model: GaussianModel, costs: ArrayLike) -> dict[str, Array]:
+    """DP, EO and equalized-odds gaps of h_c at every cost (closed form, binary shared)."""
+    tpr, fpr = binary_rates(model, costs)
+    pi1 = model.class_priors[:, 1]
+    sel = pi1 * tpr + (1 - pi1) * fpr
+    w = model.group_weights
+    error = (w * (pi1 * (1 - tpr) + (1 - pi1) * fpr)).sum(axis=1)
+    return {
+        "dp": _spread(sel, axis=1),
+        "eo": _spread(tpr, axis=1),
+        "equalized_odds": np.maximum(_spread(tpr, axis=1), _spread(fpr, axis=1)),
+        "error": error,
+    }
+
+
+def _binary_closed_form(model: GaussianModel) -> dict[str, Any]:
     def gaps(u: float) -> Array:
-        tpr, fpr = rates(u)
-        sel = pi1 * tpr + (1 - pi1) * fpr
-        return np.array([_spread(sel), _spread(tpr), max(_spread(tpr), _spread(fpr))])
+        curves = binary_gap_curves(model, [expit(u)])
+        return np.array([curves["dp"][0], curves["eo"][0], curves["equalized_odds"][0]])
 
     grid = np.linspace(-40.0, 40.0, 4001)
     values = np.array([gaps(u) for u in grid])
@@ -160,6 +193,7 @@ def _binary_closed_form(model: GaussianModel) -> dict[str, Any]:
         out[name] = float(best)
         out[name + "_cost"] = float(expit(best_u))
         out[name + "_half"] = float(gaps(0.0)[k])
+    out["error"] = float(binary_gap_curves(model, [0.5])["error"][0])
     out["method"], out["accuracy"] = "closed-form", 1e-9
     return out
 
@@ -204,6 +238,8 @@ def _binary_monte_carlo(model: GaussianModel, n: int, rng: np.random.Generator) 
         out[name] = float(curve[j])
         out[name + "_cost"] = float(min(cand[j], 1.0))
         out[name + "_half"] = float(curve[half])
+    miss = pi1[:, 0] * (1 - tpr[:, half]) + (1 - pi1[:, 0]) * fpr[:, half]
+    out["error"] = float(model.group_weights @ miss)
     eps = np.sqrt(np.log(2 / ALPHA) / (2 * n))
     out["method"], out["accuracy"] = "monte-carlo", float(2 * eps)
     return out
@@ -228,6 +264,10 @@ def _multiclass_monte_carlo(
             "eo": float(_spread(np.einsum("aii->ai", R)).max()),
             "equalized_odds": float(_spread(R).max()),
         }
+        if idx == 0:
+            best["error"] = float(
+                model.group_weights @ np.sum(pi * (1 - np.einsum("aii->ai", R)), 1)
+            )
         for name, v in values.items():
             if idx == 0:
                 best[name + "_half"] = v
@@ -274,26 +314,20 @@ def audit(
     pi = model.class_priors
     prior_residual = float(_spread(pi).max())
     notes: list[str] = []
-    if model.n_groups == 1:
-        zero = {"dp": 0.0, "eo": 0.0, "equalized_odds": 0.0}
-        gaps = {**zero, **{k + "_half": 0.0 for k in zero}, **{k + "_cost": None for k in zero}}
-        gaps["method"], gaps["accuracy"] = "trivial", 0.0
-        nearest = 0.0
-        notes.append("a single group is ideal by definition")
+    rng = np.random.default_rng(seed)
+    if model.n_classes == 2 and model.shared_covariance:
+        gaps = _binary_closed_form(model)
+    elif model.n_classes == 2:
+        gaps = _binary_monte_carlo(model, n_samples, rng)
     else:
-        rng = np.random.default_rng(seed)
-        if model.n_classes == 2 and model.shared_covariance:
-            gaps = _binary_closed_form(model)
-        elif model.n_classes == 2:
-            gaps = _binary_monte_carlo(model, n_samples, rng)
-        else:
-            gaps = _multiclass_monte_carlo(model, n_samples, n_costs, rng)
-            notes.append(
-                "multi-class gaps are the maximum over the class-weighted 0-1 cost family: "
-                "a lower bound on the supremum over all cost matrices"
-            )
-        sol = affirmative_action(model, seed=seed)
-        nearest = max(sol.kl, 0.0)
+        gaps = _multiclass_monte_carlo(model, n_samples, n_costs, rng)
+        notes.append(
+            "multi-class gaps are the maximum over the class-weighted 0-1 cost family: "
+            "a lower bound on the supremum over all cost matrices"
+        )
+    if model.n_groups == 1:
+        notes.append("a single group is ideal by definition")
+    nearest = max(affirmative_action(model, seed=seed).kl, 0.0)
     return Audit(
         is_ideal=bool(nearest <= IDEAL_KL_TOL),
         method=gaps["method"],
@@ -307,6 +341,7 @@ def audit(
         dp_gap_half=gaps["dp_half"],
         eo_gap_half=gaps["eo_half"],
         equalized_odds_gap_half=gaps["equalized_odds_half"],
+        bayes_error=gaps["error"],
         prior_residual=prior_residual,
         gram_residual=_gram_residual(model),
         nearest_ideal_kl=nearest,
