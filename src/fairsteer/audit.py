@@ -178,7 +178,8 @@ def _binary_closed_form(model: GaussianModel) -> dict[str, Any]:
         return np.array([curves["dp"][0], curves["eo"][0], curves["equalized_odds"][0]])
 
     grid = np.linspace(-40.0, 40.0, 4001)
-    values = np.array([gaps(u) for u in grid])
+    curves = binary_gap_curves(model, expit(grid))
+    values = np.stack([curves["dp"], curves["eo"], curves["equalized_odds"]], axis=1)
     out: dict[str, Any] = {}
     for k, name in enumerate(("dp", "eo", "equalized_odds")):
         j = int(np.argmax(values[:, k]))

@@ -1,0 +1,1 @@
+"""Experiments: thin scripts over the library (demo, tabular, representations)."""
