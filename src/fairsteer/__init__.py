@@ -5,18 +5,26 @@ find the nearest ideal model in KL divergence and steer data to it with
 optimal-transport affine maps. THEORY.md is the mathematical contract.
 """
 
-from fairsteer.errors import InputError
+from fairsteer.audit import Audit, audit
+from fairsteer.errors import InputError, NotFittedError
+from fairsteer.estimator import OptimalSteering
+from fairsteer.maps import SteeringMaps
 from fairsteer.model import GaussianModel, fit_model, model_from_stats, shrink_covariance
 from fairsteer.solve import Solution, affirmative_action, all_subgroups, solve
 from fairsteer.stats import CellStats, cell_statistics
 
 __all__ = [
+    "Audit",
     "CellStats",
     "GaussianModel",
     "InputError",
+    "NotFittedError",
+    "OptimalSteering",
     "Solution",
+    "SteeringMaps",
     "affirmative_action",
     "all_subgroups",
+    "audit",
     "cell_statistics",
     "fit_model",
     "model_from_stats",
