@@ -90,3 +90,30 @@ def sample_model(
         i, j = divmod(c, K)
         X[rows] = model.means[i, j] + rng.standard_normal((rows.size, d)) @ L[i, j].T
     return X, y, np.asarray(model.groups, dtype=object)[a]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fairsteer.data.synthetic -o train.csv``: a biased training sample as CSV."""
+    import argparse
+
+    from fairsteer.io import Table, write_table
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--variant", choices=["univariate", "multivariate"], default="multivariate")
+    p.add_argument("--law", choices=["biased", "truth"], default="biased")
+    p.add_argument("--n", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    args = p.parse_args(argv)
+    study = case_study(args.variant)
+    X, y, g = sample_model(getattr(study, args.law), args.n, np.random.default_rng(args.seed))
+    names = [f"x{j + 1}" for j in range(X.shape[1])]
+    columns = {name: [repr(float(v)) for v in X[:, j]] for j, name in enumerate(names)}
+    columns["group"] = [str(v) for v in g]
+    columns["label"] = [str(v) for v in y]
+    write_table(Table([*names, "group", "label"], columns, len(y)), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
