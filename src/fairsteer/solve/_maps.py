@@ -165,20 +165,33 @@ def local_search(
     max_iter: int = 500,
     gtol: float = 1e-10,
 ) -> tuple[Array, Array, float, int, float]:
-    """Quasi-Newton (L-BFGS) descent on f from (G0, t0).
+    """Quasi-Newton (L-BFGS) descent on f from (G0, t0), in whitened coordinates.
 
-    Returns G, t, f, iterations and the final gradient norm.
+    The search runs over (g, tau) with G = R g W^-1 and t = R tau, where R R^T
+    and W W^T are Cholesky factorisations of the prior-pooled covariances of
+    the target and of the reference: for well-matched laws g is close to
+    orthogonal whatever the feature scales, which keeps L-BFGS well
+    conditioned. The gradient transforms as grad_g = R^T grad_G W^-T,
+    grad_tau = R^T grad_t. Returns G, t, f, iterations and the final gradient
+    norm (in the original coordinates).
     """
     d = nu.shape[1]
+    R = np.linalg.cholesky(symmetrize(np.einsum("k,kde->de", pi, target.covs)))
+    W = np.linalg.cholesky(symmetrize(np.einsum("k,kde->de", pi, Om)))
+    W_inv = solve_triangular(W, np.eye(d), lower=True)
+
+    def unpack(z: Array) -> tuple[Array, Array]:
+        return R @ z[: d * d].reshape(d, d) @ W_inv, R @ z[d * d :]
 
     def fun(z: Array) -> tuple[float, Array]:
-        G, t = z[: d * d].reshape(d, d), z[d * d :]
+        G, t = unpack(z)
         value, dG, dt = map_objective(pi, nu, Om, target, G, t)
         if dG is None:
             return 1e300, np.zeros_like(z)
-        return value, np.concatenate([dG.ravel(), dt])
+        return value, np.concatenate([(R.T @ dG @ W_inv.T).ravel(), R.T @ dt])
 
-    z0 = np.concatenate([G0.ravel(), t0])
+    g0 = solve_triangular(R, G0 @ W, lower=True)
+    z0 = np.concatenate([g0.ravel(), solve_triangular(R, t0, lower=True)])
     res = minimize(
         fun,
         z0,
@@ -186,7 +199,7 @@ def local_search(
         method="L-BFGS-B",
         options={"maxiter": max_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 30},
     )
-    G, t = res.x[: d * d].reshape(d, d), res.x[d * d :]
+    G, t = unpack(res.x)
     value, dG, dt = map_objective(pi, nu, Om, target, G, t)
     gnorm = float(np.sqrt(np.sum(dG**2) + np.sum(dt**2))) if dG is not None else np.inf
     return G, t, value, int(res.nit), gnorm
