@@ -66,7 +66,7 @@ def inject_bias(y: np.ndarray, groups: np.ndarray, protected: str, seed: int) ->
     rng = np.random.default_rng(seed + 10_000)
     y = y.copy()
     pos = np.flatnonzero((groups == protected) & (y == 1))
-    y[rng.choice(pos, size=int(round(FLIP_FRACTION * pos.size)), replace=False)] = 0
+    y[rng.choice(pos, size=round(FLIP_FRACTION * pos.size), replace=False)] = 0
     return y
 
 
@@ -322,7 +322,7 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
             "split; sup columns are over all decision thresholds of the model's score."
         )
         for model in MODELS:
-            cols = ["method"] + list(METRICS)
+            cols = ["method", *list(METRICS)]
             rows = [[row] + [_fmt(res["summary"][row][model][m]) for m in METRICS] for row in ROWS]
             rep.add_text(f"Downstream model: {model}")
             rep.add_table(cols, rows)
