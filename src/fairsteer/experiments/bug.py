@@ -1,0 +1,266 @@
+"""``fairsteer experiment bug``: steering MiniLM sentence representations.
+
+Task: BUG sentences (profession word masked) -> profession, group = the
+data's predicted gender (:mod:`fairsteer.data.bug`). Representations: MiniLM
+mean-pooled hidden states of one layer, cached on disk. Per seed a 70/30
+split stratified by profession x gender; a multinomial logistic-regression
+probe (standardised inputs) is trained on the (steered) training
+representations and scored on the test split by accuracy, RMS TPR gap over
+professions, max per-profession DP gap, and per-profession TPR gaps.
+
+Methods: original; EF-Affirmative and EF-All-subgroups (shared covariance per
+gender with OAS shrinkage: ~28 classes in d=384 leave too few sentences per
+cell for per-class covariances), each with the three test-time treatments of
+THEORY 5 (soft, hard, training-only); MiMiC (Gaussian OT of each gender onto
+the larger one); mean matching; LEACE (concept-erasure's LeaceEraser with the
+one-hot gender as concept). Test-time group: the data's gender, or (``--group
+predicted``) a logistic-regression gender predictor trained on the training
+split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ROWS", "register", "run_bug"]
+
+EF_MODES = (("soft", "soft"), ("hard", "hard"), ("train-only", "none"))
+ROWS = (
+    "Original",
+    *[f"EF-Affirmative ({label})" for label, _ in EF_MODES],
+    *[f"EF-All-subgroups ({label})" for label, _ in EF_MODES],
+    "MiMiC (Gaussian OT)",
+    "Mean matching",
+    "LEACE",
+)
+
+
+def _probe(seed: int) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=300, C=1.0, random_state=seed)
+    )
+
+
+def _score(y, pred, g) -> dict[str, Any]:
+    from fairsteer.metrics import dp_gap, rms_tpr_gap, tpr_gaps_per_class
+
+    classes = np.unique(y)
+    per_dp = [dp_gap((pred == c).astype(int), sensitive_features=g) for c in classes]
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "rms_tpr_gap": rms_tpr_gap(y, pred, sensitive_features=g),
+        "max_dp_gap": float(np.max(per_dp)),
+        "tpr_gaps": dict(
+            zip(map(str, classes), map(float, tpr_gaps_per_class(y, pred, sensitive_features=g)))
+        ),
+    }
+
+
+def _one_seed(
+    R: np.ndarray, y: np.ndarray, g: np.ndarray, seed: int, group_source: str
+) -> dict[str, Any]:
+    import torch
+    from concept_erasure import LeaceEraser
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    from fairsteer.baselines import gaussian_ot_between_groups, mean_matching
+    from fairsteer.estimator import OptimalSteering
+
+    idx = np.arange(len(y))
+    tr, te = train_test_split(
+        idx, test_size=0.3, random_state=seed, stratify=np.char.add(y.astype(str), g.astype(str))
+    )
+    Xtr, Xte, ytr, yte, gtr, gte_true = R[tr], R[te], y[tr], y[te], g[tr], g[te]
+    if group_source == "predicted":
+        gp = LogisticRegression(max_iter=500).fit(Xtr, gtr)
+        gte = gp.predict(Xte)
+        group_accuracy = float(np.mean(gte == gte_true))
+    else:
+        gte, group_accuracy = gte_true, 1.0
+    variants: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {
+        "Original": (Xtr, None, Xte)
+    }
+    steering = {}
+    for name, method in (("EF-Affirmative", "affirmative"), ("EF-All-subgroups", "all-subgroups")):
+        est = OptimalSteering(method=method, covariance="shared", shrinkage="oas", seed=seed)
+        Xs, _ = est.fit_resample(Xtr, ytr, sensitive_features=gtr)
+        steering[name] = {"kl": est.solution_.kl, "reference_group": est.solution_.reference_group}
+        for label, mode in EF_MODES:
+            est.set_params(unlabeled=mode)
+            variants[f"{name} ({label})"] = (
+                Xs,
+                est.sample_weight_,
+                est.transform(Xte, sensitive_features=gte),
+            )
+    ot_map = gaussian_ot_between_groups(Xtr, gtr)
+    variants["MiMiC (Gaussian OT)"] = (ot_map.transform(Xtr, gtr), None, ot_map.transform(Xte, gte))
+    mm = mean_matching(Xtr, gtr)
+    variants["Mean matching"] = (mm.transform(Xtr, gtr), None, mm.transform(Xte, gte))
+    Z = (gtr[:, None] == np.unique(gtr)[None, :]).astype(np.float64)
+    eraser = LeaceEraser.fit(torch.tensor(Xtr, dtype=torch.float64), torch.tensor(Z))
+    variants["LEACE"] = (
+        eraser(torch.tensor(Xtr, dtype=torch.float64)).numpy(),
+        None,
+        eraser(torch.tensor(Xte, dtype=torch.float64)).numpy(),
+    )
+    results = {}
+    for name, (A, w, B) in variants.items():
+        probe = _probe(seed).fit(A, ytr, logisticregression__sample_weight=w)
+        results[name] = _score(yte, probe.predict(B), gte_true)
+    return {"results": results, "steering": steering, "group_accuracy": group_accuracy}
+
+
+def run_bug(
+    *,
+    limit: int | None = 12000,
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    layer: int = -1,
+    group_source: str = "data",
+    cache_dir: str = ".fairsteer-cache",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the experiment; returns summaries (mean/std over seeds) and per-seed results."""
+    from fairsteer.data.bug import load_bug
+    from fairsteer.torch.extract import encode
+
+    data = load_bug(limit=limit, seed=0)
+    R = encode(data.sentences, layer=layer, cache_dir=cache_dir, progress=progress)
+    y, g = data.professions.astype(str), data.genders.astype(str)
+    runs = [_one_seed(R.astype(np.float64), y, g, s, group_source) for s in seeds]
+    summary = {
+        row: {
+            k: {
+                "mean": float(np.mean([r["results"][row][k] for r in runs])),
+                "std": float(np.std([r["results"][row][k] for r in runs])),
+            }
+            for k in ("accuracy", "rms_tpr_gap", "max_dp_gap")
+        }
+        for row in ROWS
+    }
+    return {
+        "n_sentences": len(y),
+        "n_professions": len(data.classes),
+        "layer": layer,
+        "group_source": group_source,
+        "seeds": list(seeds),
+        "summary": summary,
+        "reference_groups": [r["steering"]["EF-Affirmative"]["reference_group"] for r in runs],
+        "group_accuracy": [r["group_accuracy"] for r in runs],
+        "per_seed": runs,
+    }
+
+
+def format_table(res: dict[str, Any]) -> str:
+    lines = [
+        f"BUG -> profession, MiniLM layer {res['layer']}, {res['n_sentences']} sentences, "
+        f"{res['n_professions']} professions, test-time group from {res['group_source']} "
+        f"(accuracy {np.mean(res['group_accuracy']):.3f}); seeds {res['seeds']}; mean (std)",
+        f"{'method':34s}{'accuracy':>18s}{'RMS TPR gap':>18s}{'max DP gap':>18s}",
+    ]
+    for row, s in res["summary"].items():
+        lines.append(
+            f"{row:34s}"
+            + "".join(
+                f"{s[k]['mean']:>11.4f} ({s[k]['std']:.3f})"
+                for k in ("accuracy", "rms_tpr_gap", "max_dp_gap")
+            )
+        )
+    lines.append(f"EF-Affirmative reference group per seed: {res['reference_groups']}")
+    return "\n".join(lines)
+
+
+def build_report(res: dict[str, Any], path: str) -> None:
+    from fairsteer.report import Report, figure
+
+    rep = Report(
+        "fairsteer: steering MiniLM representations (BUG -> profession)",
+        "command: fairsteer experiment bug; see the table header for the settings",
+    )
+    rep.add_text(format_table(res).splitlines()[0])
+    rep.add_table(
+        ["method", "accuracy", "RMS TPR gap", "max DP gap"],
+        [
+            [row]
+            + [
+                f"{s[k]['mean']:.4f} ± {s[k]['std']:.3f}"
+                for k in ("accuracy", "rms_tpr_gap", "max_dp_gap")
+            ]
+            for row, s in res["summary"].items()
+        ],
+    )
+    first = res["per_seed"][0]["results"]
+    names = list(first["Original"]["tpr_gaps"])
+    fig, ax = figure(11, 4.0)
+    shown = ("Original", "EF-All-subgroups (soft)", "MiMiC (Gaussian OT)", "LEACE")
+    width = 0.8 / len(shown)
+    for k, row in enumerate(shown):
+        ax[0, 0].bar(
+            np.arange(len(names)) + k * width,
+            [first[row]["tpr_gaps"][n] for n in names],
+            width,
+            label=row,
+        )
+    ax[0, 0].set_xticks(np.arange(len(names)) + 0.4, names, rotation=70, fontsize=7)
+    ax[0, 0].set(
+        ylabel="|TPR(female) - TPR(male)|", title=f"Per-profession TPR gap (seed {res['seeds'][0]})"
+    )
+    ax[0, 0].legend(fontsize=7)
+    rep.add_figure(fig, "TPR gap per profession on the test split.")
+    rep.write(path)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from fairsteer.cli import check_output
+
+    check_output(args.report)
+    start = time.perf_counter()
+    res = run_bug(
+        limit=args.limit,
+        seeds=tuple(args.seeds),
+        layer=args.layer,
+        group_source=args.group,
+        cache_dir=args.cache_dir,
+        progress=not args.json,
+    )
+    build_report(res, args.report)
+    if args.json:
+        json.dump({k: v for k, v in res.items() if k != "per_seed"}, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_table(res))
+        print(f"report: {args.report} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def register(experiments: Any) -> None:
+    """Add ``bug`` to the ``experiment`` subparsers."""
+    p = experiments.add_parser(
+        "bug",
+        help="BUG -> profession on MiniLM representations",
+        epilog="example: fairsteer experiment bug --limit 5000",
+    )
+    p.add_argument("--model", choices=["minilm"], default="minilm")
+    p.add_argument("--layer", type=int, default=-1, help="hidden_states index (-1: last)")
+    p.add_argument("--limit", type=int, default=12000, help="sentences (uniform sample)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument(
+        "--group",
+        choices=["data", "predicted"],
+        default="data",
+        help="test-time group: the data's gender or a trained predictor's",
+    )
+    p.add_argument("--cache-dir", default=".fairsteer-cache")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--report", default="fairsteer-bug.html")
+    p.set_defaults(handler=_cmd)
