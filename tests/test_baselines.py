@@ -54,6 +54,22 @@ def test_gaussian_ot_matches_pot_linear_transport():
     )
 
 
+def test_gaussian_ot_with_shrinkage_matches_pot_on_shrunk_covariances():
+    X, _y, g = sample(3)
+    s = 0.3
+    mp = gaussian_ot_between_groups(X, g, reference="b", shrinkage=s)
+
+    def shrunk(Z):
+        S = np.cov(Z.T, bias=True)
+        return (1 - s) * S + s * np.trace(S) / len(S) * np.eye(len(S))
+
+    A, b = ot.gaussian.bures_wasserstein_mapping(
+        X[g == "a"].mean(0), X[g == "b"].mean(0), shrunk(X[g == "a"]), shrunk(X[g == "b"])
+    )
+    # Same closed form through scipy's sqrtm in POT: agreement ~1e-9.
+    np.testing.assert_allclose(mp.transform(X, g)[g == "a"], X[g == "a"] @ A + b, atol=1e-7)
+
+
 def test_model_image_equals_model_of_image_and_bayes_rule_unchanged():
     X, y, g = sample(3)
     model = fit_model(X, y, g)

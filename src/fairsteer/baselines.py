@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
 from fairsteer.linalg import gaussian_ot_matrix, symmetrize
-from fairsteer.model import GaussianModel
+from fairsteer.model import GaussianModel, shrink_covariance
 from fairsteer.stats import encode_labels
 
 __all__ = ["GroupAffineMap", "gaussian_ot_between_groups", "mean_matching", "reweighing_weights"]
@@ -91,17 +91,24 @@ def mean_matching(X: ArrayLike, groups: ArrayLike) -> GroupAffineMap:
 
 
 def gaussian_ot_between_groups(
-    X: ArrayLike, groups: ArrayLike, reference: Hashable | None = None
+    X: ArrayLike,
+    groups: ArrayLike,
+    reference: Hashable | None = None,
+    shrinkage: float | str | None = None,
 ) -> GroupAffineMap:
     """MiMiC-style Gaussian OT of every group onto the reference group.
 
     Group a's rows map by x -> m_r + A_a (x - m_a) with
     A_a = gaussian_ot_matrix(S_a, S_r) from the groups' overall means m and
-    (maximum-likelihood) covariances S. Default reference: the largest group.
+    (maximum-likelihood) covariances S, optionally shrunk as in
+    :func:`fairsteer.model.shrink_covariance` (needed when S is singular,
+    e.g. for pooled LayerNorm outputs). Default reference: the largest group.
     """
+
     labels, means, covs = _group_moments(X, groups)
+    _, g = encode_labels(groups, labels, "group")
+    covs = shrink_covariance(covs, np.bincount(g, minlength=len(labels)), shrinkage)
     if reference is None:
-        _, g = encode_labels(groups, labels, "group")
         r = int(np.argmax(np.bincount(g)))
     else:
         names = [str(x) for x in labels]

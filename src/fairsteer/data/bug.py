@@ -57,20 +57,29 @@ def load_bug(
     """Load, filter and mask BUG (see the module docstring)."""
     import pandas as pd
 
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be a positive number of sentences, got {limit}")
     df = pd.read_csv(path or bug_path())
     needed = {"tokens", "profession", "profession_first_index", "predicted gender"}
     if not needed <= set(df.columns):
         raise InputError(f"BUG file lacks columns {sorted(needed - set(df.columns))}")
     df = df[df["predicted gender"].isin(["male", "female"])].copy()
     df["profession"] = df["profession"].astype(str).str.lower()
-    masked = [
-        mask_profession(ast.literal_eval(t), int(i), p)
-        for t, i, p in zip(df["tokens"], df["profession_first_index"], df["profession"])
-    ]
+    try:
+        masked = [
+            mask_profession(ast.literal_eval(t), int(i), p)
+            for t, i, p in zip(df["tokens"], df["profession_first_index"], df["profession"])
+        ]
+    except (ValueError, SyntaxError) as exc:
+        raise InputError(f"BUG file has a malformed tokens or index entry: {exc}") from None
     df["masked"] = masked
     df = df[df["masked"].notna()]
     counts = df.groupby(["profession", "predicted gender"]).size().unstack(fill_value=0)
     keep = sorted(counts.index[(counts.min(axis=1) >= min_per_gender)])
+    if not keep:
+        raise InputError(
+            f"no profession has {min_per_gender} sentences for each gender; lower min_per_gender"
+        )
     df = df[df["profession"].isin(keep)]
     if limit is not None and limit < len(df):
         df = df.iloc[np.sort(np.random.default_rng(seed).choice(len(df), limit, replace=False))]

@@ -12,8 +12,9 @@ Methods: original; EF-Affirmative and EF-All-subgroups (shared covariance per
 gender with OAS shrinkage: ~28 classes in d=384 leave too few sentences per
 cell for per-class covariances), each with the three test-time treatments of
 THEORY 5 (soft, hard, training-only); MiMiC (Gaussian OT of each gender onto
-the larger one); mean matching; LEACE (concept-erasure's LeaceEraser with the
-one-hot gender as concept). Test-time group: the data's gender, or (``--group
+the larger one, the same OAS-shrunk covariances: pooled LayerNorm outputs lie
+in a hyperplane, so raw covariances are singular); mean matching; LEACE
+(concept-erasure's LeaceEraser with the one-hot gender as concept). Test-time group: the data's gender, or (``--group
 predicted``) a logistic-regression gender predictor trained on the training
 split.
 """
@@ -66,11 +67,29 @@ def _score(y, pred, g) -> dict[str, Any]:
     }
 
 
+def leace(Xtr: np.ndarray, gtr: np.ndarray, Xte: np.ndarray) -> tuple[np.ndarray, None, np.ndarray]:
+    """LEACE as concept-erasure documents it: ``LeaceEraser.fit(X, Z)`` with Z
+    the one-hot group, then ``eraser(X)`` on training and test rows."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # concept-erasure uses torch.jit.script at import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from concept_erasure import LeaceEraser
+
+    Z = (gtr[:, None] == np.unique(gtr)[None, :]).astype(np.float64)
+    eraser = LeaceEraser.fit(torch.tensor(Xtr, dtype=torch.float64), torch.tensor(Z))
+    return (
+        eraser(torch.tensor(Xtr, dtype=torch.float64)).numpy(),
+        None,
+        eraser(torch.tensor(Xte, dtype=torch.float64)).numpy(),
+    )
+
+
 def _one_seed(
     R: np.ndarray, y: np.ndarray, g: np.ndarray, seed: int, group_source: str
 ) -> dict[str, Any]:
-    import torch
-    from concept_erasure import LeaceEraser
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
@@ -103,17 +122,11 @@ def _one_seed(
                 est.sample_weight_,
                 est.transform(Xte, sensitive_features=gte),
             )
-    ot_map = gaussian_ot_between_groups(Xtr, gtr)
+    ot_map = gaussian_ot_between_groups(Xtr, gtr, shrinkage="oas")
     variants["MiMiC (Gaussian OT)"] = (ot_map.transform(Xtr, gtr), None, ot_map.transform(Xte, gte))
     mm = mean_matching(Xtr, gtr)
     variants["Mean matching"] = (mm.transform(Xtr, gtr), None, mm.transform(Xte, gte))
-    Z = (gtr[:, None] == np.unique(gtr)[None, :]).astype(np.float64)
-    eraser = LeaceEraser.fit(torch.tensor(Xtr, dtype=torch.float64), torch.tensor(Z))
-    variants["LEACE"] = (
-        eraser(torch.tensor(Xtr, dtype=torch.float64)).numpy(),
-        None,
-        eraser(torch.tensor(Xte, dtype=torch.float64)).numpy(),
-    )
+    variants["LEACE"] = leace(Xtr, gtr, Xte)
     results = {}
     for name, (A, w, B) in variants.items():
         probe = _probe(seed).fit(A, ytr, logisticregression__sample_weight=w)
@@ -123,19 +136,49 @@ def _one_seed(
 
 def run_bug(
     *,
+    model: str = "minilm",
+    layer: int = -1,
+    pooling: str | None = None,
     limit: int | None = 12000,
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
-    layer: int = -1,
     group_source: str = "data",
-    cache_dir: str = ".fairsteer-cache",
+    cache_dir: str | None = ".fairsteer-cache",
     progress: bool = True,
+    data_path: str | None = None,
+    encoder: tuple[Any, Any] | None = None,
+    min_per_gender: int = 150,
 ) -> dict[str, Any]:
-    """Run the experiment; returns summaries (mean/std over seeds) and per-seed results."""
-    from fairsteer.data.bug import load_bug
-    from fairsteer.torch.extract import encode
+    """Run the experiment; returns summaries (mean/std over seeds) and per-seed results.
 
-    data = load_bug(limit=limit, seed=0)
-    R = encode(data.sentences, layer=layer, cache_dir=cache_dir, progress=progress)
+    ``data_path``, ``encoder`` and ``min_per_gender`` exist for tests (a small
+    BUG-format CSV and a tiny random transformer).
+    """
+    from pathlib import Path
+
+    from fairsteer.data.bug import load_bug
+    from fairsteer.errors import InputError
+    from fairsteer.torch.extract import MODELS, encode
+
+    if group_source not in ("data", "predicted"):
+        raise InputError(f"group source must be 'data' or 'predicted', got {group_source!r}")
+    if not seeds:
+        raise InputError("give at least one seed")
+    data = load_bug(
+        limit=limit,
+        seed=0,
+        min_per_gender=min_per_gender,
+        path=Path(data_path) if data_path else None,
+    )
+    pooling = pooling or MODELS.get(model, "mean")
+    R = encode(
+        data.sentences,
+        model=model,
+        layer=layer,
+        pooling=pooling,
+        cache_dir=cache_dir,
+        progress=progress,
+        encoder=encoder,
+    )
     y, g = data.professions.astype(str), data.genders.astype(str)
     runs = [_one_seed(R.astype(np.float64), y, g, s, group_source) for s in seeds]
     summary = {
@@ -149,6 +192,8 @@ def run_bug(
         for row in ROWS
     }
     return {
+        "model": model,
+        "pooling": pooling,
         "n_sentences": len(y),
         "n_professions": len(data.classes),
         "layer": layer,
@@ -163,7 +208,8 @@ def run_bug(
 
 def format_table(res: dict[str, Any]) -> str:
     lines = [
-        f"BUG -> profession, MiniLM layer {res['layer']}, {res['n_sentences']} sentences, "
+        f"BUG -> profession, {res['model']} layer {res['layer']} ({res['pooling']} pooling), "
+        f"{res['n_sentences']} sentences, "
         f"{res['n_professions']} professions, test-time group from {res['group_source']} "
         f"(accuracy {np.mean(res['group_accuracy']):.3f}); seeds {res['seeds']}; mean (std)",
         f"{'method':34s}{'accuracy':>18s}{'RMS TPR gap':>18s}{'max DP gap':>18s}",
@@ -184,7 +230,7 @@ def build_report(res: dict[str, Any], path: str) -> None:
     from fairsteer.report import Report, figure
 
     rep = Report(
-        "fairsteer: steering MiniLM representations (BUG -> profession)",
+        f"fairsteer: steering {res['model']} representations (BUG -> profession)",
         "command: fairsteer experiment bug; see the table header for the settings",
     )
     rep.add_text(format_table(res).splitlines()[0])
@@ -226,6 +272,8 @@ def _cmd(args: argparse.Namespace) -> int:
     check_output(args.report)
     start = time.perf_counter()
     res = run_bug(
+        model=args.model,
+        pooling=args.pooling,
         limit=args.limit,
         seeds=tuple(args.seeds),
         layer=args.layer,
@@ -247,10 +295,16 @@ def register(experiments: Any) -> None:
     """Add ``bug`` to the ``experiment`` subparsers."""
     p = experiments.add_parser(
         "bug",
-        help="BUG -> profession on MiniLM representations",
+        help="BUG -> profession on MiniLM or SmolLM2 representations",
         epilog="example: fairsteer experiment bug --limit 5000",
     )
-    p.add_argument("--model", choices=["minilm"], default="minilm")
+    p.add_argument("--model", choices=["minilm", "smollm2"], default="minilm")
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "last"],
+        default=None,
+        help="default: mean for minilm, last token for smollm2",
+    )
     p.add_argument("--layer", type=int, default=-1, help="hidden_states index (-1: last)")
     p.add_argument("--limit", type=int, default=12000, help="sentences (uniform sample)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

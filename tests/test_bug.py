@@ -1,0 +1,245 @@
+"""BUG loader, cached representation extraction and the bug experiment's wiring.
+
+Everything runs on small BUG-format CSVs and tiny random transformers built
+from a config: no download, no packaged model.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from fairsteer.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E402
+from fairsteer.errors import InputError  # noqa: E402
+from fairsteer.torch.extract import encode, pool  # noqa: E402
+
+WORDS = "the a was at home today she he said new old big small kind good".split()
+
+
+class WordTokenizer:
+    """Whitespace tokenizer with right padding: enough of the HF call convention."""
+
+    def __init__(self, vocab=64):
+        self.vocab = vocab
+
+    def ids(self, sentence):
+        return [1 + sum(map(ord, w)) % (self.vocab - 1) for w in sentence.split()]
+
+    def __call__(self, sentences, padding, truncation, max_length, return_tensors):
+        rows = [self.ids(s)[:max_length] for s in sentences]
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    return transformers.BertModel(config).eval()
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    return transformers.LlamaModel(config).eval()
+
+
+def sentences(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(2, 9))) for _ in range(n)]
+
+
+@pytest.mark.parametrize(("net", "pooling"), [(tiny_bert, "mean"), (tiny_llama, "last")])
+def test_batched_pooling_equals_one_sentence_at_a_time(net, pooling):
+    tok, model = WordTokenizer(), net()
+    sents = sentences(13)
+    batched = encode(
+        sents,
+        model="tiny",
+        layer=1,
+        pooling=pooling,
+        batch_size=5,
+        cache_dir=None,
+        progress=False,
+        encoder=(tok, model),
+    )
+    direct = []
+    with torch.no_grad():
+        for s in sents:  # no padding at all: the pooled vector by definition
+            ids = torch.tensor([tok.ids(s)])
+            h = model(input_ids=ids, output_hidden_states=True).hidden_states[1][0]
+            direct.append((h.mean(0) if pooling == "mean" else h[-1]).numpy())
+    # float32 network; padded and unpadded attention differ by round-off ~1e-6.
+    np.testing.assert_allclose(batched, np.array(direct), atol=1e-5)
+
+
+def test_encode_cache_is_keyed_by_sentences_and_layer(tmp_path):
+    calls = []
+    tok, model = WordTokenizer(), tiny_bert()
+
+    def counting(**kw):
+        calls.append(1)
+        return model(**kw)
+
+    enc = (tok, counting)
+    sents = sentences(7)
+    first = encode(sents, model="tiny", cache_dir=tmp_path, progress=False, encoder=enc)
+    n = len(calls)
+    again = encode(sents, model="tiny", cache_dir=tmp_path, progress=False, encoder=enc)
+    assert len(calls) == n  # served from disk
+    np.testing.assert_array_equal(first, again)
+    encode([*sents[:-1], "changed"], model="tiny", cache_dir=tmp_path, progress=False, encoder=enc)
+    encode(sents, model="tiny", layer=1, cache_dir=tmp_path, progress=False, encoder=enc)
+    assert len(calls) > n
+    assert len(list(tmp_path.glob("*.npy"))) == 3
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves nothing behind
+
+
+def test_encode_bad_input():
+    with pytest.raises(InputError, match="model must be one of"):
+        encode(["x"], model="gpt5", cache_dir=None)
+    with pytest.raises(InputError, match="pooling"):
+        encode(["x"], pooling="max", cache_dir=None)
+    with pytest.raises(InputError, match="layer 9 out of range"):
+        encode(
+            ["a b"],
+            model="tiny",
+            layer=9,
+            cache_dir=None,
+            progress=False,
+            encoder=(WordTokenizer(), tiny_bert()),
+        )
+    with pytest.raises(InputError, match="pooling"):
+        pool(torch.zeros(1, 2, 3), torch.ones(1, 2), "max")
+
+
+def test_mask_profession():
+    tokens = ["The", "Nurse", "said", "she", "was", "tired"]
+    assert mask_profession(tokens, 1, "nurse") == f"The {MASK_WORD} said she was tired"
+    assert mask_profession(tokens, 2, "nurse") is None  # index does not point at it
+    assert mask_profession(tokens, 17, "nurse") is None
+
+
+def write_bug_csv(path, per_cell, seed=0):
+    """A BUG-format file: per_cell[(profession, gender)] sentences each."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for (prof, gender), n in per_cell.items():
+        for _ in range(n):
+            words = [str(w) for w in rng.choice(WORDS, size=rng.integers(2, 7))]
+            i = int(rng.integers(0, len(words) + 1))
+            words.insert(i, prof.capitalize() if rng.random() < 0.3 else prof)
+            rows.append(
+                {
+                    "sentence_text": " ".join(words),
+                    "tokens": repr(words),
+                    "profession": words[i],
+                    "profession_first_index": i,
+                    "g": "x",
+                    "predicted gender": gender,
+                    "stereotype": 0,
+                }
+            )
+    # A row whose index is wrong and a neutral-gender row: both must be dropped.
+    rows.append({**rows[0], "profession_first_index": 99})
+    rows.append({**rows[1], "predicted gender": "neutral"})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_load_bug_filters_masks_and_samples(tmp_path):
+    path = tmp_path / "bug.csv"
+    cells = {
+        ("nurse", "female"): 30,
+        ("nurse", "male"): 12,
+        ("judge", "female"): 11,
+        ("judge", "male"): 40,
+        ("pilot", "female"): 3,
+        ("pilot", "male"): 50,
+    }
+    write_bug_csv(path, cells)
+    data = load_bug(path=path, min_per_gender=10)
+    assert data.classes == ("judge", "nurse")  # pilot has 3 female sentences
+    assert len(data.sentences) == 30 + 12 + 11 + 40  # bad-index and neutral rows dropped
+    assert set(data.genders) == {"female", "male"}
+    assert set(data.professions) == {"judge", "nurse"}  # lower-cased
+    for s in data.sentences:
+        words = s.split()
+        assert MASK_WORD in words and not {"nurse", "Nurse", "judge", "Judge"} & set(words)
+    sub = load_bug(path=path, min_per_gender=10, limit=20, seed=3)
+    assert len(sub.sentences) == 20 and set(sub.sentences) <= set(data.sentences)
+    again = load_bug(path=path, min_per_gender=10, limit=20, seed=3)
+    assert again.sentences == sub.sentences and list(again.genders) == list(sub.genders)
+    with pytest.raises(InputError, match="limit"):
+        load_bug(path=path, min_per_gender=10, limit=0)
+    with pytest.raises(InputError, match="no profession"):
+        load_bug(path=path, min_per_gender=1000)
+
+
+def test_leace_wiring_erases_linear_group_information():
+    from fairsteer.experiments.bug import leace
+
+    rng = np.random.default_rng(0)
+    g = rng.choice(["f", "m"], 600)
+    X = rng.normal(size=(600, 5)) + (g == "f")[:, None] * np.array([2.0, -1, 0, 0, 0.5])
+    A, w, B = leace(X, g, X[:50])
+    assert w is None
+    Z = (g == "f").astype(float)
+    # LEACE's guarantee: zero cross-covariance with the concept (round-off only).
+    cross = (A - A.mean(0)).T @ (Z - Z.mean()) / len(Z)
+    np.testing.assert_allclose(cross, 0.0, atol=1e-10)
+    np.testing.assert_allclose(B, A[:50], atol=1e-12)  # same affine eraser on test rows
+
+
+def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    from fairsteer.experiments.bug import ROWS, run_bug
+
+    path = tmp_path / "bug.csv"
+    cells = {(p, s): 40 for p in ("nurse", "judge", "pilot") for s in ("female", "male")}
+    write_bug_csv(path, cells)
+    kw = dict(
+        data_path=str(path),
+        min_per_gender=10,
+        limit=None,
+        seeds=(0, 1),
+        cache_dir=None,
+        progress=False,
+        encoder=(WordTokenizer(), tiny_bert()),
+        model="tiny",
+    )
+    res = run_bug(**kw)
+    assert set(res["summary"]) == set(ROWS)
+    assert res["n_professions"] == 3 and res["n_sentences"] == 240
+    for row in ROWS:
+        for k in ("accuracy", "rms_tpr_gap", "max_dp_gap"):
+            assert 0.0 <= res["summary"][row][k]["mean"] <= 1.0
+    # The same seeds reproduce the same numbers.
+    again = run_bug(**kw)
+    assert json.dumps(again["summary"]) == json.dumps(res["summary"])
+    pred = run_bug(**{**kw, "group_source": "predicted", "seeds": (0,)})
+    assert 0.0 <= pred["group_accuracy"][0] <= 1.0
+    with pytest.raises(InputError, match="group source"):
+        run_bug(**{**kw, "group_source": "oracle"})
