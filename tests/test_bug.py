@@ -16,7 +16,8 @@ from fairsteer.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E40
 from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.torch.extract import encode, pool  # noqa: E402
 
-WORDS = "the a was at home today she he said new old big small kind good".split()
+WORDS = ["the", "a", "was", "at", "home", "today", "she", "he", "said", "new", "old"]
+WORDS += ["big", "small", "kind", "good"]
 
 
 class WordTokenizer:

@@ -14,9 +14,9 @@ cell for per-class covariances), each with the three test-time treatments of
 THEORY 5 (soft, hard, training-only); MiMiC (Gaussian OT of each gender onto
 the larger one, the same OAS-shrunk covariances: pooled LayerNorm outputs lie
 in a hyperplane, so raw covariances are singular); mean matching; LEACE
-(concept-erasure's LeaceEraser with the one-hot gender as concept). Test-time group: the data's gender, or (``--group
-predicted``) a logistic-regression gender predictor trained on the training
-split.
+(concept-erasure's LeaceEraser with the one-hot gender as concept).
+Test-time group: the data's gender, or (``--group predicted``) a
+logistic-regression gender predictor trained on the training split.
 """
 
 from __future__ import annotations
