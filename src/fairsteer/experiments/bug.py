@@ -4,7 +4,7 @@ Task: BUG sentences (profession word masked) -> profession, group = the
 data's predicted gender (:mod:`fairsteer.data.bug`). Representations: MiniLM
 mean-pooled hidden states of one layer, cached on disk. Per seed a 70/30
 split stratified by profession x gender; a multinomial logistic-regression
-probe (standardised inputs) is trained on the (steered) training
+probe (sklearn defaults: L2, C=1, raw inputs) is trained on the (steered) training
 representations and scored on the test split by accuracy, RMS TPR gap over
 professions, max per-profession DP gap, and per-profession TPR gaps.
 
@@ -43,13 +43,12 @@ ROWS = (
 
 
 def _probe(seed: int) -> Any:
+    # Plain multinomial LR on the raw representations (sklearn's default L2,
+    # C=1): standardising first weakens the penalty on low-variance directions
+    # and costs ~5 accuracy points on MiniLM features (seed 0: 0.424 vs 0.480).
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=300, C=1.0, random_state=seed)
-    )
+    return LogisticRegression(max_iter=1000, random_state=seed)
 
 
 def _score(y, pred, g) -> dict[str, Any]:
@@ -128,10 +127,40 @@ def _one_seed(
     variants["Mean matching"] = (mm.transform(Xtr, gtr), None, mm.transform(Xte, gte))
     variants["LEACE"] = leace(Xtr, gtr, Xte)
     results = {}
+    predictions = {}
     for name, (A, w, B) in variants.items():
-        probe = _probe(seed).fit(A, ytr, logisticregression__sample_weight=w)
-        results[name] = _score(yte, probe.predict(B), gte_true)
-    return {"results": results, "steering": steering, "group_accuracy": group_accuracy}
+        probe = _probe(seed).fit(A, ytr, sample_weight=w)
+        predictions[name] = probe.predict(B)
+        results[name] = _score(yte, predictions[name], gte_true)
+    return {
+        "results": results,
+        "steering": steering,
+        "group_accuracy": group_accuracy,
+        "noise_floor": noise_floor(yte, predictions["Original"], gte_true, seed),
+    }
+
+
+def noise_floor(
+    y: np.ndarray, pred: np.ndarray, g: np.ndarray, seed: int, n_perm: int = 20
+) -> float:
+    """RMS TPR gap left by sampling noise alone.
+
+    The genders are shuffled within each profession (so every profession keeps
+    its gender counts but the predictions no longer depend on gender) and the
+    RMS TPR gap of the same predictions is averaged over ``n_perm`` shuffles.
+    A method's gap near this value is as fair as the test split can tell.
+    """
+    from fairsteer.metrics import rms_tpr_gap
+
+    rng = np.random.default_rng(seed + 20_000)
+    gaps = []
+    for _ in range(n_perm):
+        shuffled = g.copy()
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            shuffled[rows] = rng.permutation(g[rows])
+        gaps.append(rms_tpr_gap(y, pred, sensitive_features=shuffled))
+    return float(np.mean(gaps))
 
 
 def run_bug(
@@ -202,6 +231,10 @@ def run_bug(
         "summary": summary,
         "reference_groups": [r["steering"]["EF-Affirmative"]["reference_group"] for r in runs],
         "group_accuracy": [r["group_accuracy"] for r in runs],
+        "noise_floor": {
+            "mean": float(np.mean([r["noise_floor"] for r in runs])),
+            "std": float(np.std([r["noise_floor"] for r in runs])),
+        },
         "per_seed": runs,
     }
 
@@ -222,6 +255,11 @@ def format_table(res: dict[str, Any]) -> str:
                 for k in ("accuracy", "rms_tpr_gap", "max_dp_gap")
             )
         )
+    nf = res["noise_floor"]
+    lines.append(
+        f"noise floor of the RMS TPR gap (genders shuffled within profession): "
+        f"{nf['mean']:.4f} ({nf['std']:.3f})"
+    )
     lines.append(f"EF-Affirmative reference group per seed: {res['reference_groups']}")
     return "\n".join(lines)
 
