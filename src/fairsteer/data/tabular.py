@@ -54,6 +54,28 @@ class TabularData:
     sensitive: str
     label: str
     protected: str  # the group used by the injected bias
+    log1p: tuple[str, ...] = ()  # continuous columns stored as log1p(raw)
+
+    def dequantised(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Continuous features of ``rows`` with integer values spread over a unit interval.
+
+        Every continuous feature of Adult and COMPAS is an integer on its raw
+        scale (years, counts, hours, dollars). Each raw value c becomes
+        c + U with U ~ Uniform[0, 1) (then log1p again where the column is
+        stored so): the data keep their distribution up to that jitter, but no
+        longer sit on a lattice. Class-specific affine maps shift the lattice
+        of each (group, class) cell differently, so without the jitter the
+        exact values of a steered row reveal its label to a tree model
+        (README: "where the Gaussian assumption fails").
+        """
+        X = self.X_continuous[rows]
+        u = rng.random(X.shape)
+        for j, col in enumerate(self.continuous):
+            if col in self.log1p:
+                X[:, j] = np.log1p(np.round(np.expm1(X[:, j])) + u[:, j])
+            else:
+                X[:, j] = X[:, j] + u[:, j]
+        return X
 
     @property
     def X_continuous(self) -> np.ndarray:
@@ -98,7 +120,8 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
                 f[col] = f[col].astype(str).str.strip()
         f["label"] = (f["Probability"] == ">50K").astype(np.int64)
         f["race"] = np.where(f["race"] == "White", "White", "Non-white")
-        for col in ("capital-gain", "capital-loss"):
+        logged = ("capital-gain", "capital-loss")
+        for col in logged:
             f[col] = np.log1p(f[col].astype(np.float64))
         continuous = ("age", "education-num", "hours-per-week", "capital-gain", "capital-loss")
         families = ("lognormal", "normal", "normal", "normal", "normal")
@@ -114,7 +137,8 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
         f = ds.load_compas(return_X_y=False, preprocessed=False).frame.copy()
         f = f[f["race"].isin(["African-American", "Caucasian"])].reset_index(drop=True)
         f["label"] = f["two_year_recid"].astype(np.int64)
-        for col in ("priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"):
+        logged = ("priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")
+        for col in logged:
             f[col] = np.log1p(f[col].astype(np.float64))
         continuous = ("age", "priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")
         families = ("lognormal", "normal", "normal", "normal", "normal")
@@ -130,4 +154,4 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
         raise InputError(f"sensitive must be default, sex, race or sex-race, got {sensitive!r}")
     for col in continuous:
         f[col] = f[col].astype(np.float64)
-    return TabularData(name, f, continuous, families, categorical, choice, "label", prot)
+    return TabularData(name, f, continuous, families, categorical, choice, "label", prot, logged)
