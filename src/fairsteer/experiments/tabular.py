@@ -62,6 +62,7 @@ FLIP_FRACTION = 0.3
 # with the library but the multi-start search makes the full run several times
 # slower on 2 cores.
 COVARIANCE = "shared"
+CURVE_THRESHOLDS = np.linspace(0.0, 1.0, 51)  # the report's gap-versus-threshold grid
 
 
 def inject_bias(y: np.ndarray, groups: np.ndarray, protected: str, seed: int) -> np.ndarray:
@@ -101,6 +102,8 @@ def _scores(y, pred, scores, groups) -> dict[str, float | None]:
     else:
         sup = gap_curves(y, scores, sensitive_features=groups)["sup"]
         out.update(dp_sup=sup["dp"], eo_sup=sup["eo"], equalized_odds_sup=sup["equalized_odds"])
+        grid = gap_curves(y, scores, sensitive_features=groups, thresholds=CURVE_THRESHOLDS)
+        out["curves"] = {k: grid[k].tolist() for k in ("dp", "eo")}  # for the report
     return out
 
 
@@ -362,6 +365,25 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
         ax[0, 1].legend(fontsize=6, loc="best")
         rep.add_figure(
             fig, "Accuracy versus equal-opportunity gap per method (error bars: std over seeds)."
+        )
+        scored = [r for r in ROWS if res["per_seed"][0]["results"][r]["LR"].get("curves")]
+        fig, ax = figure(10, 3.6, ncols=2)
+        for k, gap in enumerate(("dp", "eo")):
+            for row in scored:
+                curve = np.mean(
+                    [run["results"][row]["LR"]["curves"][gap] for run in res["per_seed"]], axis=0
+                )
+                ax[0, k].plot(CURVE_THRESHOLDS, curve, label=row, lw=1.2)
+            ax[0, k].set(
+                xlabel="decision threshold on P(y=1)",
+                ylabel=f"{gap.upper()} gap",
+                title=f"LR: {gap.upper()} gap versus threshold",
+            )
+        ax[0, 1].legend(fontsize=6, loc="best")
+        rep.add_figure(
+            fig,
+            "Gap of the LR decision 1{score >= threshold} at every threshold (mean over seeds); "
+            "the tables' sup columns are the maxima over all thresholds.",
         )
     rep.write(path)
 
