@@ -50,6 +50,9 @@ def test_torch_module_equals_numpy_maps(covariance):
         np.testing.assert_allclose(
             module(xt, gt, mode=mode).numpy(), maps.transform(X, g, mode), atol=1e-8
         )
+    # float32 hidden states come back float32; an empty batch passes through.
+    assert module(xt[:3].float(), gt[:3]).dtype == torch.float32
+    assert module(xt[:0], gt[:0]).shape == (0, X.shape[1])
 
 
 def tiny_bert():

@@ -105,15 +105,39 @@ class SteeringModule(torch.nn.Module):
         ):
             self.register_buffer(name, torch.as_tensor(np.array(value), dtype=torch.float64))
 
+    def _per_group(self, x: torch.Tensor, groups: torch.Tensor, fn: Callable) -> torch.Tensor:
+        """Apply ``fn(a, diff)`` to each group's rows, diff = x - mu[a] of shape (r, K, d).
+
+        One group at a time: gathering a (d, d) matrix per row and class would
+        need n K d^2 memory (GBs for a batch of 384-dim representations).
+        """
+        out = None
+        for a in torch.unique(groups).tolist():
+            rows = groups == a
+            value = fn(a, x[rows][:, None, :] - self.mu[a])
+            if out is None:
+                out = x.new_empty((x.shape[0], *value.shape[1:]))
+            out[rows] = value
+        if out is None:
+            raise InputError("empty batch")  # forward returns empty batches unchanged
+        return out
+
     def _cell_maps(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         """Images of every row under every class map of its group: (n, K, d)."""
-        diff = x[:, None, :] - self.mu[groups]
-        return self.mu_ideal[groups] + torch.einsum("nkde,nke->nkd", self.A[groups], diff)
+        return self._per_group(
+            x,
+            groups,
+            lambda a, diff: self.mu_ideal[a] + torch.einsum("kde,rke->rkd", self.A[a], diff),
+        )
 
     def log_joint(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        diff = x[:, None, :] - self.mu[groups]
-        white = torch.einsum("nkde,nke->nkd", self.L_inv[groups], diff)
-        return self.log_const[groups] - 0.5 * (white**2).sum(-1)
+        """log P(x, Y=i | A=a) + log P(A=a) per row and class: (n, K)."""
+
+        def fn(a: int, diff: torch.Tensor) -> torch.Tensor:
+            white = torch.einsum("kde,rke->rkd", self.L_inv[a], diff)
+            return self.log_const[a] - 0.5 * (white**2).sum(-1)
+
+        return self._per_group(x, groups, fn)
 
     def forward(
         self,
@@ -127,7 +151,7 @@ class SteeringModule(torch.nn.Module):
         dtype = x.dtype
         z = x.to(torch.float64)
         groups = groups.to(z.device).long()
-        if labels is None and mode == "none":
+        if (labels is None and mode == "none") or x.shape[0] == 0:
             return x
         images = self._cell_maps(z, groups)
         if labels is None and mode == "soft":
