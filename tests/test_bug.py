@@ -237,7 +237,7 @@ def test_noise_floor_matches_gap_of_gender_independent_predictions():
 
 
 def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
-    from fairsteer.experiments.bug import ROWS, run_bug
+    from fairsteer.experiments.bug import ROWS, build_report, format_table, run_bug
 
     path = tmp_path / "bug.csv"
     cells = {(p, s): 40 for p in ("nurse", "judge", "pilot") for s in ("female", "male")}
@@ -259,6 +259,12 @@ def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
         for k in ("accuracy", "rms_tpr_gap", "max_dp_gap"):
             assert 0.0 <= res["summary"][row][k]["mean"] <= 1.0
     assert 0.0 <= res["noise_floor"]["mean"] <= 1.0
+    assert res["summary"]["Original"]["rms_tpr_gap_vs_original"]["mean"] == 0.0
+    pytest.importorskip("matplotlib")
+    build_report(res, str(tmp_path / "bug.html"))
+    html = (tmp_path / "bug.html").read_text()
+    assert html.count("<img") == 2 and "noise floor" in html
+    assert "noise floor" in format_table(res)
     # The same seeds reproduce the same numbers.
     again = run_bug(**kw)
     assert json.dumps(again["summary"]) == json.dumps(res["summary"])
