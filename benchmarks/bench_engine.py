@@ -13,20 +13,11 @@ Goals (issue 2): fit within 1.5x of X^T X; affirmative solve under 1 s.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 
 from fairsteer import fit_model, solve
-
-
-def best_of(repeat: int, fn):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def main() -> None:

@@ -24,23 +24,14 @@ Ratios are EF time / peer time.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
+from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 
 from fairsteer import fit_model, solve
 
 MODELS = {"minilm": 384, "smollm2": 576}
-
-
-def best_of(repeat: int, fn):
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def representations(model: str, limit: int, synthetic: bool):

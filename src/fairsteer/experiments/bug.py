@@ -22,8 +22,6 @@ logistic-regression gender predictor trained on the training split.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from typing import Any
 
@@ -319,6 +317,7 @@ def build_report(res: dict[str, Any], path: str) -> None:
 
 def _cmd(args: argparse.Namespace) -> int:
     from fairsteer.cli import check_output
+    from fairsteer.experiments.cli import emit
 
     check_output(args.report)
     start = time.perf_counter()
@@ -333,13 +332,7 @@ def _cmd(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     build_report(res, args.report)
-    if args.json:
-        json.dump({k: v for k, v in res.items() if k != "per_seed"}, sys.stdout, indent=1)
-        print()
-    else:
-        print(format_table(res))
-        print(f"report: {args.report} ({time.perf_counter() - start:.0f} s)")
-    return 0
+    return emit(res, args.json, format_table(res), args.report, start)
 
 
 def register(experiments: Any) -> None:

@@ -21,8 +21,6 @@ training labels are set to 0 (seeded); the test split stays clean.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from typing import Any
 
@@ -390,6 +388,7 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
 
 def _cmd(args: argparse.Namespace) -> int:
     from fairsteer.cli import check_output
+    from fairsteer.experiments.cli import emit
 
     check_output(args.report)
     start = time.perf_counter()
@@ -402,13 +401,7 @@ def _cmd(args: argparse.Namespace) -> int:
         sensitive=args.sensitive,
     )
     build_report([res], args.report)
-    if args.json:
-        json.dump({k: v for k, v in res.items() if k != "per_seed"}, sys.stdout, indent=1)
-        print()
-    else:
-        print(format_table(res))
-        print(f"report: {args.report} ({time.perf_counter() - start:.0f} s)")
-    return 0
+    return emit(res, args.json, format_table(res), args.report, start)
 
 
 def register(experiments: Any) -> None:
