@@ -72,7 +72,7 @@ def inject_bias(y: np.ndarray, groups: np.ndarray, protected: str, seed: int) ->
     return y
 
 
-def _model(name: str, seed: int, quick: bool, rounds: int | None = None) -> Any:
+def _model(name: str, seed: int, quick: bool) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -80,9 +80,7 @@ def _model(name: str, seed: int, quick: bool, rounds: int | None = None) -> Any:
 
     if name == "LR":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    if rounds is None:
-        rounds = 60 if quick else 100
-    return HistGradientBoostingClassifier(max_iter=rounds, random_state=seed)
+    return HistGradientBoostingClassifier(max_iter=60 if quick else 100, random_state=seed)
 
 
 def _scores(y, pred, scores, groups) -> dict[str, float | None]:
@@ -226,15 +224,10 @@ def _one_seed(
             pred = to.predict(D_te, sensitive_features=g_te, random_state=seed)
             results[f"ThresholdOptimizer ({label})"][model_name] = _scores(y_te, pred, None, g_te)
         for label, cons in (("DP", DemographicParity), ("TPR", TruePositiveRateParity)):
-            # Each EG iteration refits its oracle up to five times (fairlearn's
-            # eval_gap): a 30-round GBT oracle, 8 iterations and no LP step keep
-            # Adult within the 15-minute budget (100 rounds x 15 iterations took
-            # ~8 minutes per fit on 2 cores).
             eg = ExponentiatedGradient(
-                _model(model_name, seed, quick, rounds=30),
+                _model(model_name, seed, quick),
                 constraints=cons(),
-                max_iter=5 if quick else 8,
-                run_linprog_step=False,
+                max_iter=5 if quick else 15,
                 sample_weight_name=(
                     "logisticregression__sample_weight" if model_name == "LR" else "sample_weight"
                 ),
