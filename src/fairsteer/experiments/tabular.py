@@ -413,7 +413,9 @@ def register(experiments: Any) -> None:
             epilog=f"example: fairsteer experiment {name} --quick",
         )
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-        p.add_argument("--quick", action="store_true", help="4000-row subsample, ~1 minute")
+        p.add_argument(
+            "--quick", action="store_true", help="4000-row subsamples (a few minutes on 2 cores)"
+        )
         p.add_argument("--bias", choices=["none", "label-flip"], default="none")
         p.add_argument(
             "--no-dequantize",
