@@ -8,6 +8,7 @@ pd = pytest.importorskip("pandas")
 
 from fairsteer.audit import audit  # noqa: E402
 from fairsteer.data.tabular import load_tabular  # noqa: E402
+from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.estimator import OptimalSteering  # noqa: E402
 from fairsteer.experiments.tabular import ROWS, inject_bias, run_tabular  # noqa: E402
 from fairsteer.model import fit_model  # noqa: E402
@@ -99,3 +100,12 @@ def test_quick_run_is_reproducible_and_complete():
         for model in ("LR", "GBT"):
             assert a["summary"][row][model] == b["summary"][row][model]
     assert a["steering"]["EF-All-subgroups"]["ideal_after"] == [True]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"seeds": ()}, "at least one seed"), ({"bias": "flip"}, "bias must be")],
+)
+def test_run_tabular_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        run_tabular("compas", **kwargs)

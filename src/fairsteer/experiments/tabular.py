@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fairsteer.data.tabular import DATASETS, TabularData, load_tabular
+from fairsteer.errors import InputError
 
 __all__ = ["ROWS", "format_table", "inject_bias", "register", "run_tabular"]
 
@@ -61,6 +62,9 @@ FLIP_FRACTION = 0.3
 # slower on 2 cores.
 COVARIANCE = "shared"
 CURVE_THRESHOLDS = np.linspace(0.0, 1.0, 51)  # the report's gap-versus-threshold grid
+SEEDS = (0, 1, 2, 3, 4)  # the full run
+QUICK_SEEDS = (0, 1)  # --quick: two seeds still give a spread, in about a minute
+QUICK_ROWS = 4000  # --quick: training and test subsample size
 
 
 def inject_bias(y: np.ndarray, groups: np.ndarray, protected: str, seed: int) -> np.ndarray:
@@ -129,9 +133,11 @@ def _one_seed(
     strata = np.char.add(g.astype(str), y.astype(str))
     tr, te = train_test_split(idx, test_size=0.3, stratify=strata, random_state=seed)
     if quick:
-        tr = np.sort(np.random.default_rng(seed).choice(tr, size=min(4000, tr.size), replace=False))
+        tr = np.sort(
+            np.random.default_rng(seed).choice(tr, size=min(QUICK_ROWS, tr.size), replace=False)
+        )
         te = np.sort(
-            np.random.default_rng(seed + 1).choice(te, size=min(4000, te.size), replace=False)
+            np.random.default_rng(seed + 1).choice(te, size=min(QUICK_ROWS, te.size), replace=False)
         )
     y_tr = inject_bias(y[tr], g[tr], data.protected, seed) if bias == "label-flip" else y[tr]
     y_te, g_tr, g_te = y[te], g[tr], g[te]
@@ -248,7 +254,7 @@ def _summarise(values: list[float | None]) -> dict[str, float | None]:
 def run_tabular(
     dataset: str,
     *,
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    seeds: tuple[int, ...] | None = None,
     quick: bool = False,
     bias: str = "none",
     sensitive: str = "default",
@@ -256,10 +262,19 @@ def run_tabular(
 ) -> dict[str, Any]:
     """Run the experiment; returns per-seed results and mean/std summaries.
 
+    ``seeds`` defaults to ``SEEDS`` (``QUICK_SEEDS`` with ``quick``, which
+    also subsamples ``QUICK_ROWS`` training and test rows).
+
     ``dequantize`` jitters the integer-valued features of the EF rows'
     inputs (:meth:`TabularData.dequantised`); off, tree models read the label
     off the steered lattice.
     """
+    if seeds is None:
+        seeds = QUICK_SEEDS if quick else SEEDS
+    if not seeds:
+        raise InputError("give at least one seed")
+    if bias not in ("none", "label-flip"):
+        raise InputError(f"bias must be 'none' or 'label-flip', got {bias!r}")
     data = load_tabular(dataset, sensitive)
     runs = [_one_seed(data, seed, quick, bias, dequantize) for seed in seeds]
     summary = {
@@ -394,7 +409,7 @@ def _cmd(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     res = run_tabular(
         args.dataset,
-        seeds=tuple(args.seeds),
+        seeds=None if args.seeds is None else tuple(args.seeds),
         quick=args.quick,
         bias=args.bias,
         dequantize=not args.no_dequantize,
@@ -412,9 +427,18 @@ def register(experiments: Any) -> None:
             help=f"{name}: steering against reweighing, MM, OT, Fairlearn",
             epilog=f"example: fairsteer experiment {name} --quick",
         )
-        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
         p.add_argument(
-            "--quick", action="store_true", help="4000-row subsamples (a few minutes on 2 cores)"
+            "--seeds",
+            type=int,
+            nargs="+",
+            help=f"default {' '.join(map(str, SEEDS))}; with --quick "
+            f"{' '.join(map(str, QUICK_SEEDS))}",
+        )
+        p.add_argument(
+            "--quick",
+            action="store_true",
+            help=f"{QUICK_ROWS}-row training and test subsamples, seeds "
+            f"{' '.join(map(str, QUICK_SEEDS))}, lighter models (about a minute on 2 cores)",
         )
         p.add_argument("--bias", choices=["none", "label-flip"], default="none")
         p.add_argument(
