@@ -1,5 +1,8 @@
 """Adult / COMPAS: loader schema, steering on the real training split, baseline wiring."""
 
+import importlib.util
+import json
+
 import numpy as np
 import pytest
 
@@ -7,10 +10,11 @@ pytest.importorskip("skfair")
 pd = pytest.importorskip("pandas")
 
 from fairsteer.audit import audit  # noqa: E402
+from fairsteer.cli import main  # noqa: E402
 from fairsteer.data.tabular import load_tabular  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.estimator import OptimalSteering  # noqa: E402
-from fairsteer.experiments.tabular import ROWS, inject_bias, run_tabular  # noqa: E402
+from fairsteer.experiments.tabular import CLEAN_ROW, ROWS, inject_bias, run_tabular  # noqa: E402
 from fairsteer.model import fit_model  # noqa: E402
 
 
@@ -82,24 +86,41 @@ def test_threshold_optimizer_is_fair_on_its_own_training_data():
     assert dp_gap(pred, sensitive_features=g) < 0.03
 
 
-def test_label_flip_touches_only_protected_positives():
-    y = np.array([1, 1, 1, 1, 0, 1, 1, 0] * 50)
-    g = np.array(["p", "p", "p", "p", "p", "q", "q", "q"] * 50)
-    flipped = inject_bias(y, g, "p", seed=0)
+@pytest.mark.parametrize("favourable", [1, 0])
+def test_label_flip_touches_only_protected_favourable_labels(favourable):
+    y = np.array([1, 1, 1, 1, 0, 0, 1, 1, 0] * 50)
+    g = np.array(["p", "p", "p", "p", "p", "p", "q", "q", "q"] * 50)
+    flipped = inject_bias(y, g, "p", seed=0, favourable=favourable)
     changed = flipped != y
-    assert np.all(g[changed] == "p") and np.all(y[changed] == 1)
-    assert changed.sum() == round(0.3 * np.sum((g == "p") & (y == 1)))
+    assert np.all(g[changed] == "p") and np.all(y[changed] == favourable)
+    assert changed.sum() == round(0.3 * np.sum((g == "p") & (y == favourable)))
+    assert np.array_equal(flipped, inject_bias(y, g, "p", seed=0, favourable=favourable))
 
 
 @pytest.mark.slow
-def test_quick_run_is_reproducible_and_complete():
-    a = run_tabular("compas", seeds=(0,), quick=True)
-    b = run_tabular("compas", seeds=(0,), quick=True)
-    assert list(a["summary"]) == list(ROWS)
-    for row in ROWS:
-        for model in ("LR", "GBT"):
-            assert a["summary"][row][model] == b["summary"][row][model]
+def test_quick_cli_run_is_reproducible_and_complete(tmp_path, capsys):
+    # The CLI path CI runs (`fairsteer experiment compas --quick`), one seed,
+    # then the library call with the same seed: identical summaries.
+    report = tmp_path / "compas.html"
+    code = main(
+        ["experiment", "compas", "--quick", "--seeds", "0", "--json", "--report", str(report)]
+    )
+    assert code == 0
+    a = json.loads(capsys.readouterr().out)
+    assert a["quick"] and a["seeds"] == [0] and list(a["summary"]) == list(ROWS)
     assert a["steering"]["EF-All-subgroups"]["ideal_after"] == [True]
+    b = run_tabular("compas", seeds=(0,), quick=True)
+    assert json.dumps(b["summary"]) == json.dumps(a["summary"])
+    # A label-flip run adds the clean-label reference: the clean run's own
+    # unmitigated models (same split, same seed), while its unmitigated row
+    # trained on the flipped labels differs.
+    c = run_tabular("compas", seeds=(0,), quick=True, bias="label-flip")
+    assert list(c["summary"]) == [*ROWS, CLEAN_ROW]
+    assert c["summary"][CLEAN_ROW] == a["summary"]["No mitigation"]
+    assert c["summary"]["No mitigation"] != a["summary"]["No mitigation"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        html = report.read_text()
+        assert "ExpGradient (TPR)" in html and "<img" in html
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ Adult
     Gaussian fits them: this is where the assumption fails most, and steering
     turns the point mass at zero into a spread of small values.
   - ``fnlwgt`` is a census sampling weight, not a feature: dropped.
-  - Label: income > 50K. Sensitive: ``sex`` (Female / Male), ``race``
+  - Label: income > 50K (favourable: 1). Sensitive: ``sex`` (Female / Male), ``race``
     (White / Non-white, the minority races pooled so every cell has samples),
     or both (intersectional, 4 groups).
 COMPAS
@@ -24,7 +24,7 @@ COMPAS
     ``juv_misd_count``, ``juv_other_count``: ``log1p`` counts modelled as
     normal (the juvenile counts are mostly 0: same caveat as capital gains).
   - Rows restricted to African-American and Caucasian defendants (the usual
-    COMPAS analysis); label: ``two_year_recid``. Sensitive: ``race``, ``sex``
+    COMPAS analysis); label: ``two_year_recid`` (favourable: 0). Sensitive: ``race``, ``sex``
     or both.
 """
 
@@ -55,6 +55,7 @@ class TabularData:
     label: str
     protected: str  # the group used by the injected bias
     log1p: tuple[str, ...] = ()  # continuous columns stored as log1p(raw)
+    favourable: int = 1  # the label value that benefits the person (COMPAS: 0, no re-offence)
 
     def dequantised(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Continuous features of ``rows`` with integer values spread over a unit interval.
@@ -133,6 +134,7 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
             "native-country",
         )
         default, protected = "sex", {"sex": "Female", "race": "Non-white"}
+        favourable = 1
     else:
         f = ds.load_compas(return_X_y=False, preprocessed=False).frame.copy()
         f = f[f["race"].isin(["African-American", "Caucasian"])].reset_index(drop=True)
@@ -144,6 +146,7 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
         families = ("lognormal", "normal", "normal", "normal", "normal")
         categorical = ("c_charge_degree",)
         default, protected = "race", {"sex": "Female", "race": "African-American"}
+        favourable = 0
     choice = default if sensitive == "default" else sensitive
     if choice == "sex-race":
         f["sex-race"] = f["sex"].astype(str) + " & " + f["race"].astype(str)
@@ -154,4 +157,15 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
         raise InputError(f"sensitive must be default, sex, race or sex-race, got {sensitive!r}")
     for col in continuous:
         f[col] = f[col].astype(np.float64)
-    return TabularData(name, f, continuous, families, categorical, choice, "label", prot, logged)
+    return TabularData(
+        name,
+        f,
+        continuous,
+        families,
+        categorical,
+        choice,
+        "label",
+        prot,
+        log1p=logged,
+        favourable=favourable,
+    )
