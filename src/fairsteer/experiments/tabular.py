@@ -489,20 +489,30 @@ def register(experiments: Any) -> None:
             help=f"{QUICK_ROWS}-row training and test subsamples, seeds "
             f"{' '.join(map(str, QUICK_SEEDS))}, lighter models (about a minute on 2 cores)",
         )
-        p.add_argument("--bias", choices=["none", "label-flip"], default="none")
+        p.add_argument(
+            "--bias",
+            choices=["none", "label-flip"],
+            default="none",
+            help="label-flip: flip 30%% of the protected group's favourable training labels",
+        )
         p.add_argument(
             "--no-dequantize",
             action="store_true",
             help="map the integer-valued features as they are (shows the label and group leaks)",
         )
         p.add_argument(
-            "--sensitive", choices=["default", "sex", "race", "sex-race"], default="default"
+            "--sensitive",
+            choices=["default", "sex", "race", "sex-race"],
+            default="default",
+            help="the group attribute (default: sex for adult, race for compas)",
         )
         p.add_argument(
             "--group-aware",
             action="store_true",
             help="give the downstream models the group as an input (default: group-blind)",
         )
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--report", default=f"fairsteer-{name}.html")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument(
+            "--report", default=f"fairsteer-{name}.html", help="HTML report path (%(default)s)"
+        )
         p.set_defaults(handler=_cmd, dataset=name)
