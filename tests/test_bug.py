@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _tiny_models import tiny_bert, tiny_llama  # noqa: E402
 from fairsteer.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.torch.extract import encode, pool  # noqa: E402
@@ -38,33 +39,6 @@ class WordTokenizer:
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
         return {"input_ids": ids, "attention_mask": mask}
-
-
-def tiny_bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    return transformers.BertModel(config).eval()
-
-
-def tiny_llama():
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    return transformers.LlamaModel(config).eval()
 
 
 def sentences(n, seed=0):

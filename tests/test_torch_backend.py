@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _tiny_models import tiny_bert  # noqa: E402
 from fairsteer.maps import SteeringMaps  # noqa: E402
 from fairsteer.model import fit_model  # noqa: E402
 from fairsteer.solve import solve  # noqa: E402
@@ -53,18 +54,6 @@ def test_torch_module_equals_numpy_maps(covariance):
     # float32 hidden states come back float32; an empty batch passes through.
     assert module(xt[:3].float(), gt[:3]).dtype == torch.float32
     assert module(xt[:0], gt[:0]).shape == (0, X.shape[1])
-
-
-def tiny_bert():
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    torch.manual_seed(0)
-    return transformers.BertModel(config).eval()
 
 
 def test_hook_changes_exactly_the_chosen_layer_and_is_removed():
