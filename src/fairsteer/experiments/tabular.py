@@ -297,17 +297,35 @@ def run_tabular(
     dequantize: bool = True,
     group_aware: bool = False,
 ) -> dict[str, Any]:
-    """Run the experiment; returns per-seed results and mean/std summaries.
+    """Run the Adult or COMPAS experiment (protocol in the module docstring).
 
-    ``seeds`` defaults to ``SEEDS`` (``QUICK_SEEDS`` with ``quick``, which
-    also subsamples ``QUICK_ROWS`` training and test rows).
+    Parameters
+    ----------
+    dataset : {"adult", "compas"}
+    seeds : tuple of int, optional
+        One split per seed; default ``SEEDS`` (``QUICK_SEEDS`` with ``quick``).
+    quick : bool
+        Subsample ``QUICK_ROWS`` training and test rows and use lighter models.
+    bias : {"none", "label-flip"}
+        ``label-flip`` flips ``FLIP_FRACTION`` of the protected group's
+        favourable training labels and adds the ``CLEAN_ROW`` reference.
+    sensitive : {"default", "sex", "race", "sex-race"}
+        The group attribute (:func:`fairsteer.data.tabular.load_tabular`).
+    dequantize : bool
+        Jitter the integer-valued features of every row's inputs
+        (:meth:`TabularData.dequantised`); off, tree models read the label off
+        the EF-steered lattice and the group off the group-wide maps' lattice.
+    group_aware : bool
+        Give the downstream models the one-hot group as an input (the setting
+        of the EF guarantee, THEORY 2 and 5; CorrelationRemover still removes
+        it).
 
-    ``dequantize`` jitters the integer-valued features of every row's inputs
-    (:meth:`TabularData.dequantised`); off, tree models read the label off the
-    EF-steered lattice and the group off the group-wide maps' lattice.
-    ``group_aware`` gives the downstream models the one-hot group as an input
-    (the setting of the EF guarantee, THEORY 2 and 5; CorrelationRemover still
-    removes it).
+    Returns
+    -------
+    dict
+        ``summary[row][model][metric] = {"mean", "std"}`` over seeds,
+        ``steering[name]`` (KL, reference groups, audits before and after),
+        ``per_seed`` (raw results and the report's curves) and the settings.
     """
     if seeds is None:
         seeds = QUICK_SEEDS if quick else SEEDS
