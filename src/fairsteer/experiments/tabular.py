@@ -402,6 +402,22 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour and marker per row, distinct across up to 20 rows; the
+    clean-label reference is black."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    markers = "osD^vP<>Xp"
+    style = {
+        row: {"color": cmap(2 * i % 20 + i // 10 % 2), "marker": markers[i % len(markers)]}
+        for i, row in enumerate(rows)
+    }
+    if CLEAN_ROW in style:
+        style[CLEAN_ROW] = {"color": "black", "marker": "*"}
+    return style
+
+
 def build_report(results: list[dict[str, Any]], path: str) -> None:
     """HTML report: tables and accuracy-fairness scatter with error bars."""
     from fairsteer.report import Report, figure
@@ -427,6 +443,7 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
             ]
             rep.add_text(f"Downstream model: {model}")
             rep.add_table(cols, rows)
+        style = _row_styles(list(res["summary"]))
         fig, ax = figure(10, 3.6, ncols=2)
         for k, model in enumerate(MODELS):
             for row in res["summary"]:
@@ -436,7 +453,8 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
                     s["accuracy"]["mean"],
                     xerr=s["eo"]["std"],
                     yerr=s["accuracy"]["std"],
-                    fmt="o",
+                    fmt=style[row]["marker"],
+                    color=style[row]["color"],
                     label=row,
                     capsize=2,
                 )
@@ -452,7 +470,14 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
                 curve = np.mean(
                     [run["results"][row]["LR"]["curves"][gap] for run in res["per_seed"]], axis=0
                 )
-                ax[0, k].plot(CURVE_THRESHOLDS, curve, label=row, lw=1.2)
+                ax[0, k].plot(
+                    CURVE_THRESHOLDS,
+                    curve,
+                    label=row,
+                    lw=1.2,
+                    color=style[row]["color"],
+                    ls="--" if row == CLEAN_ROW else "-",
+                )
             ax[0, k].set(
                 xlabel="decision threshold on P(y=1)",
                 ylabel=f"{gap.upper()} gap",
