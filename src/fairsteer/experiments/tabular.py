@@ -161,12 +161,12 @@ def _one_seed(
     strata = np.char.add(g.astype(str), y.astype(str))
     tr, te = train_test_split(idx, test_size=0.3, stratify=strata, random_state=seed)
     if quick:
-        tr = np.sort(
-            np.random.default_rng(seed).choice(tr, size=min(QUICK_ROWS, tr.size), replace=False)
-        )
-        te = np.sort(
-            np.random.default_rng(seed + 1).choice(te, size=min(QUICK_ROWS, te.size), replace=False)
-        )
+
+        def subsample(rows: np.ndarray, rng_seed: int) -> np.ndarray:
+            rng = np.random.default_rng(rng_seed)
+            return np.sort(rng.choice(rows, size=min(QUICK_ROWS, rows.size), replace=False))
+
+        tr, te = subsample(tr, seed), subsample(te, seed + 1)
     y_tr = (
         inject_bias(y[tr], g[tr], data.protected, seed, data.favourable)
         if bias == "label-flip"
@@ -234,8 +234,8 @@ def _one_seed(
     ):
         pre[name] = (gm.transform(X_tr, g_tr), np.ones(tr.size), gm.transform(X_te, g_te))
 
-    rows = ROWS if bias == "none" else (*ROWS, CLEAN_ROW)
-    results: dict[str, dict[str, dict[str, float | None]]] = {r: {} for r in rows}
+    # CLEAN_ROW (bias runs only) is added by the first fit that reaches it: last.
+    results: dict[str, dict[str, dict[str, float | None]]] = {r: {} for r in ROWS}
     for model_name in MODELS:
         fits = [(name, A_tr, w, A_te, y_tr) for name, (A_tr, w, A_te) in pre.items()]
         if bias != "none":
@@ -244,7 +244,9 @@ def _one_seed(
             clf = _model(model_name, seed, quick)
             clf.fit(design(A_tr, C_tr, S_tr), labels, **{_weight_name(model_name): w})
             p = clf.predict_proba(design(A_te, C_te, S_te))[:, 1]
-            results[name][model_name] = _scores(y_te, (p >= 0.5).astype(int), p, g_te)
+            results.setdefault(name, {})[model_name] = _scores(
+                y_te, (p >= 0.5).astype(int), p, g_te
+            )
         # CorrelationRemover drops the group columns by construction: its
         # models are group-blind even with group_aware.
         n_cont = Xc.shape[1] + C_tr.shape[1]
