@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fairsteer import __version__
 from fairsteer.errors import InputError
@@ -28,9 +31,41 @@ EXTENSIONS = (
 )
 
 
+# Library messages name API arguments; on the command line the same fix is a flag.
+_API_TO_FLAG = (
+    (re.compile(r"shrinkage='oas'"), "--shrinkage oas"),
+    (re.compile(r"shrinkage=([0-9.]+)"), r"--shrinkage \1"),
+    (re.compile(r"covariance='shared'"), "--covariance shared"),
+    (re.compile(r"covariance='per-class'"), "--covariance per-class"),
+)
+
+
 def _fail(message: str) -> int:
+    for pattern, flag in _API_TO_FLAG:
+        message = pattern.sub(flag, message)
+    message = " ".join(message.split())  # always one line
     print(f"fairsteer: error: {message}", file=sys.stderr)
     return 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line ``fairsteer: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line naming the problem and where to find the usage; exit 2."""
+        hint = f"see '{self.prog} --help'"
+        self.exit(2, f"fairsteer: error: {' '.join(message.split())}; {hint}\n")
+
+
+def seed_type(text: str) -> int:
+    """A seed for ``numpy.random.default_rng``: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {value}")
+    return value
 
 
 def check_output(output: str | Path, *inputs: str | Path) -> None:
@@ -49,14 +84,19 @@ def load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str], Any]:
 
     table = read_table(args.data)
     table.require([args.group, args.label])
-    features = args.features or table.numeric_names(exclude=(args.group, args.label))
-    if not features:
-        raise InputError("no numeric feature columns found; name them with --features")
-    for name in features:
+    for name in args.features or ():
         if name in (args.group, args.label):
             raise InputError(f"column {name!r} cannot be both a feature and the group/label")
+    try:
+        features = args.features or table.numeric_names(exclude=(args.group, args.label))
+    except InputError as exc:
+        raise InputError(f"{exc} (list the features to use with --features)") from None
+    if not features:
+        raise InputError("no numeric feature columns found; name them with --features")
     X = table.numeric(features)
-    return table, X, table.values(args.label), features, table.values(args.group)
+    y = table.labels(args.label, "class")
+    groups = table.labels(args.group, "group")
+    return table, X, y, features, groups
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,8 +123,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def fit_from_args(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """(table, model, features) for the data arguments of ``fit`` and ``steer``."""
+def fit_from_args(args: argparse.Namespace) -> tuple[Any, Any, list[str], Any, Any]:
+    """(table, model, features, labels, groups) for the data arguments of ``fit`` and ``steer``."""
     from fairsteer.model import fit_model
 
     table, X, y, features, groups = load_data(args)
@@ -98,7 +138,7 @@ def fit_from_args(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         shrinkage=_shrinkage(args.shrinkage),
         features=features,
     )
-    return table, model, features
+    return table, model, features, y, groups
 
 
 def _shrinkage(value: str | None) -> float | str | None:
@@ -114,7 +154,7 @@ def _shrinkage(value: str | None) -> float | str | None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     check_output(args.output, args.data)
-    _, model, features = fit_from_args(args)
+    _, model, features, _, _ = fit_from_args(args)
     model.save(args.output)
     print(
         f"fitted {model.n_groups} groups x {model.n_classes} classes on {len(features)} "
@@ -156,7 +196,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fairsteer",
         description="Exact group fairness by optimal steering: fit, audit, solve, steer.",
     )
@@ -179,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="model JSON (from fit)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--seed", type=int, default=0, help="seed of Monte-Carlo estimates")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of Monte-Carlo estimates")
     p.set_defaults(handler=_cmd_audit)
 
     p = sub.add_parser(
@@ -190,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model JSON (from fit)")
     p.add_argument("--method", choices=["affirmative", "all-subgroups"], default="affirmative")
     p.add_argument("--reference", help="affirmative: the group that stays (default: best)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random extra starts")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the random extra starts")
     p.add_argument("-o", "--output", required=True, help="solution JSON to write")
     p.set_defaults(handler=_cmd_solve)
 
@@ -206,17 +246,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit code.
+
+    0 on success, 2 for bad input or usage (one line on stderr), 130 on
+    Ctrl-C, and 141 (128 + SIGPIPE, what a shell reports for a program killed
+    by a closed pipe) when the reader of stdout goes away, e.g. ``| head``.
+    """
     try:
-        return int(args.handler(args))
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, usage errors
+            return exc.code if isinstance(exc.code, int) else 2
+        try:
+            return int(args.handler(args))
+        finally:
+            sys.stdout.flush()  # a closed pipe must surface here, not at exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
     except InputError as exc:
         return _fail(str(exc))
     except (OSError, MemoryError) as exc:
         return _fail(f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,7 +38,8 @@ def _format(path: str | os.PathLike[str]) -> str:
 class Table:
     """Named columns of equal length, in file order.
 
-    ``columns[name]`` is a list of strings (CSV) or a pyarrow array (Parquet).
+    ``columns[name]`` is a list of strings (CSV) or a pyarrow array (Parquet);
+    ``lines[k]`` is the file line of data row k (CSV only, for messages).
     """
 
     names: list[str]
@@ -46,6 +47,7 @@ class Table:
     n_rows: int
     kind: str = "csv"
     replaced: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    lines: list[int] | None = None
 
     def require(self, names: Sequence[str]) -> None:
         missing = [n for n in names if n not in self.columns]
@@ -60,41 +62,118 @@ class Table:
             return np.asarray(col, dtype=object)
         return np.asarray(col.to_numpy(zero_copy_only=False))
 
+    def where(self, row: int) -> str:
+        """``"row k"`` (1-based data row), with the file line for CSV."""
+        if self.lines is not None:
+            return f"row {row + 1} (line {self.lines[row]})"
+        return f"row {row + 1}"
+
     def numeric(self, names: Sequence[str]) -> NDArray[np.float64]:
-        """Columns as a float64 matrix (n_rows, len(names)); NaN/inf rejected."""
+        """Columns as a float64 matrix (n_rows, len(names)).
+
+        Raises
+        ------
+        InputError
+            Naming the column, the row and the value of the first cell that is
+            empty, NaN, infinite or not a number.
+        """
         self.require(names)
         out = np.empty((self.n_rows, len(names)))
         for j, name in enumerate(names):
             raw = self.values(name)
             try:
-                out[:, j] = raw.astype(np.float64)
+                with np.errstate(all="ignore"):
+                    out[:, j] = raw.astype(np.float64)
             except (TypeError, ValueError):
-                bad = next(k for k, v in enumerate(raw) if not _is_number(v))
-                raise InputError(
-                    f"column {name!r} row {bad + 1} holds the non-numeric value {raw[bad]!r}; "
-                    "clean it or leave the column out of --features"
-                ) from None
+                raise InputError(self._bad_cell_message(name, raw)) from None
             if not np.all(np.isfinite(out[:, j])):
-                bad = int(np.flatnonzero(~np.isfinite(out[:, j]))[0])
-                raise InputError(
-                    f"column {name!r} row {bad + 1} is NaN or inf (or empty); drop or impute it"
-                )
+                raise InputError(self._bad_cell_message(name, raw))
         return out
 
     def numeric_names(self, exclude: Sequence[str] = ()) -> list[str]:
-        """Columns whose every value parses as a finite number."""
+        """The numeric columns (the default features), in file order.
+
+        A column is numeric when at least half of its cells parse as numbers.
+        Such a column must be clean: an empty, NaN, infinite or non-numeric
+        cell in it raises instead of silently dropping the column. Columns
+        that are mostly text are not numeric and are skipped.
+
+        Raises
+        ------
+        InputError
+            For a numeric column with a bad cell (column, row and value named).
+        """
         names = []
         for name in self.names:
             if name in exclude:
                 continue
             raw = self.values(name)
             try:
-                vals = raw.astype(np.float64)
+                with np.errstate(all="ignore"):
+                    vals = raw.astype(np.float64)
             except (TypeError, ValueError):
-                continue
-            if np.all(np.isfinite(vals)):
-                names.append(name)
+                kinds = [_cell_kind(v) for v in raw]
+                numbers = sum(k in ("finite", "nonfinite") for k in kinds)
+                if 2 * numbers < len(kinds):
+                    continue  # a text column (category, id, note): not a feature
+                raise InputError(self._bad_cell_message(name, raw)) from None
+            if not np.all(np.isfinite(vals)):
+                raise InputError(self._bad_cell_message(name, raw))
+            names.append(name)
         return names
+
+    def labels(self, name: str, what: str) -> NDArray[Any]:
+        """Group or class label of every row, missing values rejected.
+
+        CSV cells that spell the same number (``1``, ``1.0``, `` 1``) are one
+        label, named by the first spelling in the file; the output keeps every
+        cell's own text.
+
+        Parameters
+        ----------
+        name : str
+            Column name.
+        what : str
+            ``"group"`` or ``"class"``, for messages.
+
+        Raises
+        ------
+        InputError
+            If a cell is empty, null or NaN.
+        """
+        raw = self.values(name)
+        for k, v in enumerate(raw):
+            if _cell_kind(v) in ("missing", "nonfinite"):
+                raise InputError(
+                    f"column {name!r} {self.where(k)} has no {what} ({_show(v)}); every row "
+                    f"needs a {what}: fill or drop that row"
+                )
+        if self.kind != "csv":
+            return raw
+        spelling: dict[Any, str] = {}
+        out = np.empty(raw.size, dtype=object)
+        for k, text in enumerate(raw):
+            try:
+                key: Any = float(text)
+            except ValueError:
+                key = ("text", text)
+            out[k] = spelling.setdefault(key, text)
+        return out
+
+    def _bad_cell_message(self, name: str, raw: NDArray[Any]) -> str:
+        kinds = [_cell_kind(v) for v in raw]
+        bad = [k for k, kind in enumerate(kinds) if kind != "finite"]
+        k = bad[0]
+        what = {
+            "missing": "is empty",
+            "nonfinite": f"is {_show(raw[k])} (not finite)",
+            "text": f"holds the non-numeric value {raw[k]!r}",
+        }[kinds[k]]
+        more = f" ({len(bad)} bad cells in all)" if len(bad) > 1 else ""
+        return (
+            f"numeric column {name!r} {self.where(k)} {what}{more}; fix or drop those rows, "
+            "or leave the column out of the features"
+        )
 
     def with_columns(self, updates: dict[str, NDArray[np.float64]]) -> Table:
         """A table with numeric columns replaced (same position) or appended."""
@@ -103,15 +182,22 @@ class Table:
         for key, v in replaced.items():
             if v.shape != (self.n_rows,):
                 raise InputError(f"column {key!r} must have {self.n_rows} values, got {v.shape}")
-        return Table(names, self.columns, self.n_rows, self.kind, replaced)
+        return Table(names, self.columns, self.n_rows, self.kind, replaced, self.lines)
 
 
-def _is_number(v: Any) -> bool:
+def _cell_kind(v: Any) -> str:
+    """``"finite"``, ``"nonfinite"`` (NaN, inf), ``"missing"`` (empty, null) or ``"text"``."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return "missing"
     try:
-        float(v)
+        x = float(v)
     except (TypeError, ValueError):
-        return False
-    return True
+        return "text"
+    return "finite" if np.isfinite(x) else "nonfinite"
+
+
+def _show(v: Any) -> str:
+    return "empty" if v is None or (isinstance(v, str) and not v.strip()) else repr(v)
 
 
 def read_table(path: str | os.PathLike[str]) -> Table:
@@ -126,19 +212,27 @@ def read_table(path: str | os.PathLike[str]) -> Table:
     kind = _format(path)
     if not Path(path).is_file():
         raise InputError(f"file not found: {path}")
+    lines = None
     if kind == "csv":
+        rows, ends = [], []
         try:
-            with open(path, newline="") as fh:
-                rows = list(csv.reader(fh))
+            # utf-8-sig: a byte-order mark (Excel) must not become part of the first name
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                for row in reader:
+                    if row:  # blank lines are not rows
+                        rows.append(row)
+                        ends.append(reader.line_num)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise InputError(f"cannot read {path} as CSV: {exc}") from None
         if len(rows) < 2:
             raise InputError(f"{path} has no data rows; it needs a header and at least one row")
-        header, body = rows[0], [r for r in rows[1:] if r]
+        header, body, lines = rows[0], rows[1:], ends[1:]
         bad = next((k for k, r in enumerate(body) if len(r) != len(header)), None)
         if bad is not None:
             raise InputError(
-                f"{path} row {bad + 1} has {len(body[bad])} fields, the header has {len(header)}"
+                f"{path} row {bad + 1} (line {lines[bad]}) has {len(body[bad])} fields, "
+                f"the header has {len(header)}"
             )
         cols = {name: [r[j] for r in body] for j, name in enumerate(header)}
         n_rows = len(body)
@@ -155,7 +249,7 @@ def read_table(path: str | os.PathLike[str]) -> Table:
             raise InputError(f"{path} has no rows")
     if len(set(header)) != len(header):
         raise InputError(f"{path} has duplicate column names; rename them")
-    return Table(header, cols, n_rows, kind)
+    return Table(header, cols, n_rows, kind, lines=lines)
 
 
 def write_table(table: Table, path: str | os.PathLike[str], *, input_path: Any = None) -> None:

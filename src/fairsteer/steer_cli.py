@@ -20,7 +20,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.solve import solve
 
     check_output(args.output, args.data)
-    table, model, features = fit_from_args(args)
+    table, model, features, y, groups = fit_from_args(args)
     if args.weight_column in table.columns:
         raise InputError(
             f"column {args.weight_column!r} already exists; choose another --weight-column"
@@ -28,10 +28,22 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     sol = solve(model, args.method, reference=args.reference, seed=args.seed)
     maps = SteeringMaps.from_solution(model, sol)
     X = table.numeric(features)
-    y, groups = table.values(args.label), table.values(args.group)
     steered = maps.steer(X, y, groups)
     updates: dict[str, Any] = {name: steered[:, j] for j, name in enumerate(features)}
     updates[args.weight_column] = maps.weights(y, groups)
+    base = Path(args.output).with_suffix("")
+    artifacts = [f"{base}.model.json", f"{base}.solution.json", f"{base}.audit.json"]
+    if args.artifacts:
+        from fairsteer.audit import audit
+
+        for path in artifacts:
+            check_output(path, args.data)
+        # Every file is written before anything is reported, so a failed
+        # artifact write ends in the error alone, never after a success line.
+        model.save(artifacts[0])
+        sol.save(artifacts[1])
+        report = {"before": audit(model).to_dict(), "after": audit(sol.ideal).to_dict()}
+        write_atomic(artifacts[2], json.dumps(report, indent=1))
     write_table(table.with_columns(updates), args.output, input_path=args.data)
     print(
         f"steered {table.n_rows} rows, {len(features)} features ({sol.method}"
@@ -39,21 +51,13 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         + f"; KL = {sol.kl:.6g} nats) -> {args.output}"
     )
     if args.artifacts:
-        from fairsteer.audit import audit
-
-        stem = Path(args.output)
-        base = stem.with_suffix("")
-        model.save(f"{base}.model.json")
-        sol.save(f"{base}.solution.json")
-        report = {"before": audit(model).to_dict(), "after": audit(sol.ideal).to_dict()}
-        write_atomic(f"{base}.audit.json", json.dumps(report, indent=1))
-        print(f"wrote {base}.model.json, {base}.solution.json, {base}.audit.json")
+        print(f"wrote {', '.join(artifacts)}")
     return 0
 
 
 def add_parser(sub: Any) -> None:
     """Register ``steer`` on the CLI's subparsers."""
-    from fairsteer.cli import add_data_arguments
+    from fairsteer.cli import add_data_arguments, seed_type
 
     p = sub.add_parser(
         "steer",
@@ -69,7 +73,7 @@ def add_parser(sub: Any) -> None:
     add_data_arguments(p)
     p.add_argument("--method", choices=["affirmative", "all-subgroups"], default="affirmative")
     p.add_argument("--reference", help="affirmative: the group that stays (default: best)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the random extra starts")
     p.add_argument("--weight-column", default="weight", help="name of the added weight column")
     p.add_argument(
         "--artifacts",
