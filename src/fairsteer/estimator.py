@@ -22,6 +22,7 @@ from fairsteer.solve import METHODS, Solution, solve
 __all__ = ["OptimalSteering"]
 
 PRIOR_MODES = ("weights", "resample", "none")
+COVARIANCES = ("per-class", "shared")
 
 
 def _to_array(X: Any) -> tuple[NDArray[np.float64], list[str] | None, Any]:
@@ -37,7 +38,7 @@ def _to_array(X: Any) -> tuple[NDArray[np.float64], list[str] | None, Any]:
             idx = index if rows is None else index[rows]
             return pd.DataFrame(values, index=idx, columns=columns)
 
-        return X.to_numpy(dtype=np.float64), names, wrap
+        return _frame_values(X, names), names, wrap
     if module == "polars":
         names = list(X.columns)
 
@@ -46,7 +47,7 @@ def _to_array(X: Any) -> tuple[NDArray[np.float64], list[str] | None, Any]:
 
             return pl.DataFrame(values, schema=names, orient="row")
 
-        return X.to_numpy().astype(np.float64), names, wrap
+        return _frame_values(X, names), names, wrap
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError):
@@ -54,6 +55,25 @@ def _to_array(X: Any) -> tuple[NDArray[np.float64], list[str] | None, Any]:
     if arr.ndim != 2:
         raise InputError(f"X must be 2-D (n_samples, n_features), got shape {arr.shape}")
     return arr, None, lambda values, rows=None: values
+
+
+def _frame_values(X: Any, names: list[str]) -> NDArray[np.float64]:
+    """A pandas or polars frame as float64, naming the first non-numeric column."""
+    try:
+        return np.asarray(X.to_numpy(), dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    for name, column in zip(names, X.columns):
+        values = np.asarray(X[column].to_numpy(), dtype=object)
+        for row, v in enumerate(values):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"X column {name!r} is not numeric (row {row} holds {v!r}); encode it as "
+                    "numbers or drop it"
+                ) from None
+    raise InputError("X must be numeric; encode its columns as numbers")
 
 
 def _labels(v: Any) -> NDArray[Any]:
@@ -166,12 +186,17 @@ class OptimalSteering:
 
     # ------------------------------------------------------------------ fit
     def _validate_params(self) -> None:
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.prior_mode not in PRIOR_MODES:
             raise InputError(f"prior_mode must be one of {PRIOR_MODES}, got {self.prior_mode!r}")
         if self.unlabeled not in UNLABELED_MODES:
             raise InputError(f"unlabeled must be one of {UNLABELED_MODES}, got {self.unlabeled!r}")
+        if self.covariance not in COVARIANCES:
+            raise InputError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
 
     def fit(self, X: ArrayLike, y: ArrayLike, *, sensitive_features: ArrayLike) -> OptimalSteering:
         """Fit the model of (X, y) per group, solve, and build the steering maps."""
@@ -274,16 +299,49 @@ class OptimalSteering:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimalSteering:
-        try:
-            params = dict(data["params"])
-            if isinstance(params.get("family"), list):
-                params["family"] = tuple(params["family"])
-            est = cls(**params)
-            est._set_fitted(
-                GaussianModel.from_dict(data["model"]), Solution.from_dict(data["solution"])
+        """Inverse of :meth:`to_dict`; every part is validated.
+
+        Raises
+        ------
+        InputError
+            If a part is missing or malformed, a parameter is invalid, or the
+            solution does not belong to the model.
+        """
+        if not isinstance(data, dict) or not {"params", "model", "solution"} <= data.keys():
+            raise InputError("not a saved OptimalSteering: needs params, model, solution")
+        params, solution = data["params"], data["solution"]
+        if not isinstance(params, dict):
+            raise InputError(
+                f"saved OptimalSteering: 'params' must be an object, got {type(params).__name__}"
             )
-        except (KeyError, TypeError):
-            raise InputError("not a saved OptimalSteering: needs params, model, solution") from None
+        unknown = sorted(set(params) - set(cls().get_params()))
+        if unknown:
+            raise InputError(f"saved OptimalSteering: unknown parameter(s) {unknown}")
+        if not isinstance(solution, dict):
+            raise InputError("saved OptimalSteering: 'solution' must be an object")
+        kl = solution.get("kl")
+        if isinstance(kl, bool) or not isinstance(kl, int | float) or not np.isfinite(kl):
+            raise InputError(f"saved OptimalSteering: solution 'kl' must be a number, got {kl!r}")
+        params = dict(params)
+        if isinstance(params.get("family"), list):
+            params["family"] = tuple(params["family"])
+        est = cls(**params)
+        est._validate_params()
+        try:
+            model = GaussianModel.from_dict(data["model"])
+            sol = Solution.from_dict(solution)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(
+                f"saved OptimalSteering: malformed model or solution ({exc})"
+            ) from None
+        if sol.method != est.method:
+            raise InputError(
+                f"saved OptimalSteering: params say method {est.method!r} but the solution "
+                f"was found with {sol.method!r}"
+            )
+        est._set_fitted(model, sol)
         return est
 
     @classmethod

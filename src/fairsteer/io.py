@@ -166,7 +166,7 @@ class Table:
         k = bad[0]
         what = {
             "missing": "is empty",
-            "nonfinite": f"is {_show(raw[k])} (not finite)",
+            "nonfinite": f"is NaN or infinite ({_show(raw[k])})",
             "text": f"holds the non-numeric value {raw[k]!r}",
         }[kinds[k]]
         more = f" ({len(bad)} bad cells in all)" if len(bad) > 1 else ""

@@ -304,7 +304,12 @@ def to_model_space(
     if X.ndim != 2 or X.shape[1] != log_mask.size:
         raise InputError(f"X must have shape (n, {log_mask.size}), got {X.shape}")
     if not all_finite(X):
-        raise InputError("X contains NaN or inf; drop or impute those values first")
+        row, j = (int(k) for k in np.argwhere(~np.isfinite(X))[0])
+        name = repr(features[j]) if features is not None else f"{j}"
+        raise InputError(
+            f"X column {name} holds {X[row, j]} at row {row}; drop or impute the rows with "
+            "NaN or inf first"
+        )
     if log_mask.any():
         cols = X[:, log_mask]
         if np.any(cols <= 0):
@@ -502,6 +507,160 @@ def shrink_covariance(S: ArrayLike, n: ArrayLike, shrinkage: float | str | None)
     return (1.0 - s)[..., None, None] * S + (s * mu)[..., None, None] * eye
 
 
+def _shrunk_covariances(stats: CellStats, covariance: str, shrinkage: float | str | None) -> Array:
+    with np.errstate(over="ignore", invalid="ignore"):
+        covs = stats.covariances(covariance)
+        if shrinkage is None:
+            return covs
+        if covariance == "shared":
+            n_group = stats.counts.sum(axis=1, keepdims=True)
+            return np.broadcast_to(shrink_covariance(covs[:, :1], n_group, shrinkage), covs.shape)
+        return shrink_covariance(covs, stats.counts, shrinkage)
+
+
+# A feature whose spread within a cell is below this fraction of its magnitude
+# is constant there: identical values give a spread of a few ulps (~1e-16).
+CONSTANT_TOL = 1e-12
+# 1 - R^2 of a feature regressed on the others (the squared Cholesky pivot of
+# the correlation matrix) below this: the feature is a linear combination of
+# the others to ~10 digits, beyond what float64 scatter sums resolve reliably.
+COLLINEAR_TOL = 1e-10
+# Share of the largest coefficient of the null direction from which a feature
+# counts as part of a linear dependency (the others are round-off).
+DEPENDENCY_SHARE = 0.1
+
+
+def check_cell_covariances(
+    stats: CellStats,
+    covariances: ArrayLike,
+    covariance: str = "per-class",
+    shrinkage: float | str | None = None,
+    features: Sequence[str] | None = None,
+) -> None:
+    """Reject covariances a model cannot use, naming the cell, the features and a fix.
+
+    The tests are scale-invariant (units do not matter, THEORY 4d): every
+    covariance is reduced to its correlation matrix before its rank is judged.
+
+    Parameters
+    ----------
+    stats : CellStats
+        The statistics the covariances come from (counts and means).
+    covariances : array-like of shape (m, K, d, d)
+        The covariances to check (after shrinkage).
+    covariance : {"per-class", "shared"}
+        How they were pooled (shared: one per group).
+    shrinkage : None, float or "oas"
+        The shrinkage used, so that a fix is only suggested when it helps.
+    features : sequence of str, optional
+        Feature names for the messages.
+
+    Raises
+    ------
+    InputError
+        For non-finite values (features too large for float64), a cell with
+        a single sample, a feature that is constant in a cell, or features
+        that are linearly dependent in a cell.
+    """
+    covs = np.asarray(covariances, dtype=np.float64)
+    m, K, d = stats.means.shape
+    names = [repr(f) for f in features] if features is not None else [str(j) for j in range(d)]
+    shared = covariance == "shared"
+    if not (all_finite(stats.means) and all_finite(covs)):
+        bad = ~np.isfinite(stats.means).all(axis=(0, 1)) | ~np.isfinite(
+            np.diagonal(covs, axis1=-2, axis2=-1)
+        ).all(axis=(0, 1))
+        j = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+        raise InputError(
+            f"feature {names[j]} is too large in magnitude for float64 variances; rescale it "
+            "(divide by a constant: the results do not depend on units)"
+        )
+    for a in range(m):
+        for i in range(1 if shared else K):
+            where = (
+                f"group {stats.groups[a]!r}"
+                if shared
+                else f"cell (group {stats.groups[a]!r}, class {stats.classes[i]!r})"
+            )
+            if not shared and stats.counts[a, i] < 2:
+                raise InputError(
+                    f"{where} has a single sample, so its covariance is zero; use "
+                    "covariance='shared' (one covariance per group), or merge or drop that "
+                    "group"
+                )
+            problem = _singular(covs[a, i], stats.means[a] if shared else stats.means[a, i])
+            if problem is None:
+                continue
+            kind, cols = problem
+            # rank of a scatter <= samples - classes pooled in it
+            dof = stats.counts[a].sum() - K if shared else stats.counts[a, i] - 1
+            if dof < d:
+                kind, cols = "few", list(range(d))
+            fixes = _fixes(stats, a, cols, kind, covariance, shrinkage, covs[a, i])
+            listed = ", ".join(names[j] for j in cols)
+            if kind == "few":
+                n_samples = int(stats.counts[a].sum() if shared else stats.counts[a, i])
+                raise InputError(
+                    f"{where} has {n_samples} samples for {d} features, too few for a full "
+                    f"covariance, so it is singular; {fixes}"
+                )
+            if kind == "constant":
+                raise InputError(
+                    f"feature {listed} is constant in {where}, so its covariance is singular; "
+                    f"{fixes}"
+                )
+            raise InputError(
+                f"features {listed} are linearly dependent (collinear) in {where}, so its "
+                f"covariance is singular; {fixes}"
+            )
+
+
+def _singular(S: Array, means: Array) -> tuple[str, list[int]] | None:
+    """("constant", [j]) or ("collinear", [j, ...]) for a singular covariance, else None."""
+    var = np.diagonal(S).copy()
+    scale = np.abs(np.atleast_2d(means)).max(axis=0)
+    constant = var <= (CONSTANT_TOL * scale) ** 2
+    if constant.any():
+        return "constant", [int(np.flatnonzero(constant)[0])]
+    if len(var) == 1:
+        return None
+    sd = np.sqrt(var)
+    R = S / sd[:, None] / sd[None, :]
+    try:
+        pivots = np.diagonal(np.linalg.cholesky(R)) ** 2
+        if pivots.min() >= COLLINEAR_TOL:
+            return None
+    except np.linalg.LinAlgError:
+        pass
+    _, V = np.linalg.eigh(R)
+    v = np.abs(V[:, 0])
+    return "collinear", [int(j) for j in np.flatnonzero(v >= DEPENDENCY_SHARE * v.max())]
+
+
+def _fixes(
+    stats: CellStats,
+    a: int,
+    cols: list[int],
+    kind: str,
+    covariance: str,
+    shrinkage: float | str | None,
+    S: Array,
+) -> str:
+    """The fixes that would remove the singularity, as one phrase."""
+    fixes = {
+        "constant": ["drop that feature"],
+        "collinear": ["drop all but one of them"],
+        "few": ["use fewer features or more samples"],
+    }[kind]
+    if covariance != "shared":
+        pooled = stats.scatters[a].sum(axis=0)[np.ix_(cols, cols)]
+        if _singular(pooled, stats.means[a][:, cols]) is None:
+            fixes.append("use covariance='shared'")
+    if (shrinkage is None or shrinkage == 0) and np.trace(S) > 0:
+        fixes.append("use shrinkage (e.g. shrinkage='oas')")
+    return ", or ".join(fixes)
+
+
 def model_from_stats(
     stats: CellStats,
     *,
@@ -519,15 +678,41 @@ def model_from_stats(
     statistics must already be on the model scale (log for log-normal columns).
     """
     stats.require_all_cells()
-    covs = stats.covariances(covariance)
-    if shrinkage is not None:
-        if covariance == "shared":
-            n_group = stats.counts.sum(axis=1, keepdims=True)
-            covs = np.broadcast_to(shrink_covariance(covs[:, :1], n_group, shrinkage), covs.shape)
-        else:
-            covs = shrink_covariance(covs, stats.counts, shrinkage)
+    covs = _shrunk_covariances(stats, covariance, shrinkage)
+    check_cell_covariances(stats, covs, covariance, shrinkage, features)
     priors = stats.counts / stats.counts.sum()
     return GaussianModel(priors, stats.means, covs, stats.groups, stats.classes, family, features)
+
+
+def _check_range(Z: Array, features: Sequence[str] | None) -> None:
+    """Reject features whose variances float64 cannot hold (too large or too small)."""
+    if Z.size == 0:
+        return
+    big = np.finfo(np.float64).max
+    tiny = np.finfo(np.float64).tiny
+    eps = np.finfo(np.float64).eps
+    n = Z.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        magnitude = np.abs(Z).max(axis=0)
+        spread = Z.max(axis=0) - Z.min(axis=0)
+    # The scatter sums n squares of centred values: it overflows when the
+    # spread exceeds sqrt(max / n) (~1e154 / sqrt(n)).
+    # The mean sums n values and overflows beyond max / n.
+    too_big = ~np.isfinite(spread) | (magnitude > big / n) | (spread > np.sqrt(big / n))
+    # A variance below tiny / eps is subnormal and has lost its precision (~1e-292).
+    too_small = (spread > 0) & (spread < np.sqrt(tiny / eps))
+    for mask, what, fix in (
+        (too_big, "large", "divide it by a constant"),
+        (too_small, "small", "multiply it by a constant"),
+    ):
+        if mask.any():
+            j = int(np.flatnonzero(mask)[0])
+            name = repr(features[j]) if features is not None else f"{j}"
+            raise InputError(
+                f"feature {name} is too {what} in magnitude (values up to {magnitude[j]:.3g}, "
+                f"spread {spread[j]:.3g}) for float64 variances; {fix} (the results do not "
+                "depend on units)"
+            )
 
 
 def fit_model(
@@ -577,6 +762,7 @@ def fit_model(
         [f == "lognormal" for f in ((fam,) * X.shape[1] if isinstance(fam, str) else fam)]
     )
     Z = to_model_space(X, mask, features)
+    _check_range(Z, features)
     stats = cell_statistics(Z, y, groups, group_labels=group_labels, class_labels=class_labels)
     return model_from_stats(
         stats, covariance=covariance, shrinkage=shrinkage, family=fam, features=features

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -52,24 +53,82 @@ def encode_labels(
     InputError
         If a value is not among ``labels``.
     """
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise InputError(f"{what} labels must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise InputError(f"{what} labels contain NaN or inf; drop or fill those rows")
+    arr = _label_array(values, what)
     if labels is None:
-        uniq, codes = np.unique(arr, return_inverse=True)
-        return tuple(_py(u) for u in uniq), codes.astype(np.intp)
+        try:
+            uniq, codes = np.unique(arr, return_inverse=True)
+        except TypeError:
+            raise InputError(
+                f"{what} labels must be strings or numbers; convert them, e.g. to strings"
+            ) from None
+        return tuple(_py(u) for u in uniq), codes.reshape(-1).astype(np.intp)
     labels = tuple(_py(label) for label in labels)
     lookup = {label: k for k, label in enumerate(labels)}
     lookup.update({str(label): k for k, label in enumerate(labels)})
     try:
         codes = np.fromiter((lookup[_py(v)] for v in arr), dtype=np.intp, count=arr.size)
     except KeyError as exc:
+        plural = "classes" if what == "class" else f"{what}s"
         raise InputError(
-            f"unknown {what} {exc.args[0]!r}; known {what}s are {list(labels)}"
+            f"unknown {what} {exc.args[0]!r}; the known {plural} are {list(labels)}"
         ) from None
+    except TypeError:  # an unhashable label
+        raise InputError(f"{what} labels must be strings or numbers") from None
     return labels, codes
+
+
+def _label_array(values: ArrayLike, what: str) -> NDArray[Any]:
+    """``values`` as a 1-D array; missing values and mixed types rejected.
+
+    A Python list of mixed types (``[1, "1"]``) would silently become strings
+    under ``np.asarray``, so lists are inspected element by element.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise InputError(f"{what} labels must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        row = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise InputError(
+            f"{what} labels contain NaN or inf (first at index {row}); drop or fill those rows"
+        )
+    if arr.dtype.kind == "O" or (not isinstance(values, np.ndarray) and arr.dtype.kind in "US"):
+        obj = np.empty(len(arr), dtype=object)
+        obj[:] = list(values) if arr.dtype.kind != "O" else arr
+        kinds: dict[str, Any] = {}
+        for row, v in enumerate(obj):
+            if _is_missing(v):
+                raise InputError(
+                    f"{what} labels contain a missing value ({v!r} at index {row}); "
+                    "drop or fill those rows"
+                )
+            kinds.setdefault(_kind(v), v)
+        if len(kinds) > 1:
+            (k1, v1), (k2, v2) = list(kinds.items())[:2]
+            raise InputError(
+                f"{what} labels mix types ({k1} {v1!r} and {k2} {v2!r}); convert them to one "
+                "type, e.g. all strings"
+            )
+        if arr.dtype.kind == "O":
+            return arr
+    return arr
+
+
+def _is_missing(value: object) -> bool:
+    """None, NaN, pandas NA / NaT: a value that is not equal to itself or has no truth."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):  # pandas.NA has no truth value
+        return True
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool | np.bool_ | int | float | np.number):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
 
 
 def _py(value: object) -> Hashable:
@@ -212,10 +271,13 @@ def cell_statistics(
         if hi == lo:
             continue
         Z = X.take(order[lo:hi], axis=0)
-        mean = Z.mean(axis=0)
-        Z -= mean
-        means[c] = mean
-        scatters[c] = Z.T @ Z
+        # Values near the float64 limits overflow here; the model checks
+        # (fairsteer.model.check_cell_covariances) name the feature instead.
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = Z.mean(axis=0)
+            Z -= mean
+            means[c] = mean
+            scatters[c] = Z.T @ Z
     return CellStats(
         glabels,
         clabels,
