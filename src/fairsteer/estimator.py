@@ -18,6 +18,7 @@ from fairsteer.errors import InputError
 from fairsteer.maps import UNLABELED_MODES, SteeringMaps
 from fairsteer.model import GaussianModel, fit_model, read_json, write_atomic
 from fairsteer.solve import METHODS, Solution, solve
+from fairsteer.stats import label_array
 
 __all__ = ["OptimalSteering"]
 
@@ -76,10 +77,10 @@ def _frame_values(X: Any, names: list[str]) -> NDArray[np.float64]:
     raise InputError("X must be numeric; encode its columns as numbers")
 
 
-def _labels(v: Any) -> NDArray[Any]:
+def _labels(v: Any, what: str) -> NDArray[Any]:
     if hasattr(v, "to_numpy"):
         v = v.to_numpy()
-    return np.asarray(v)
+    return label_array(v, what)
 
 
 class OptimalSteering:
@@ -204,8 +205,8 @@ class OptimalSteering:
         arr, names, _ = _to_array(X)
         self.model_ = fit_model(
             arr,
-            _labels(y),
-            _labels(sensitive_features),
+            _labels(y, "class"),
+            _labels(sensitive_features, "group"),
             family=self.family,
             covariance=self.covariance,
             shrinkage=self.shrinkage,
@@ -262,7 +263,7 @@ class OptimalSteering:
     ) -> tuple[Any, Any]:
         """Steer labelled data with the fitted maps (see :meth:`fit_resample`)."""
         arr, wrap = self._check(X)
-        y_arr, g = _labels(y), _labels(sensitive_features)
+        y_arr, g = _labels(y, "class"), _labels(sensitive_features, "group")
         steered = self.maps_.steer(arr, y_arr, g)
         if self.prior_mode == "weights":
             self.sample_weight_ = self.maps_.weights(y_arr, g)
@@ -278,7 +279,7 @@ class OptimalSteering:
     def transform(self, X: ArrayLike, *, sensitive_features: ArrayLike) -> Any:
         """Steer rows whose label is unknown (mode ``unlabeled``)."""
         arr, wrap = self._check(X)
-        return wrap(self.maps_.transform(arr, _labels(sensitive_features), self.unlabeled))
+        return wrap(self.maps_.transform(arr, _labels(sensitive_features, "group"), self.unlabeled))
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:

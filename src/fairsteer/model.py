@@ -118,6 +118,7 @@ class GaussianModel:
             covs = np.broadcast_to(check_spd(covs[:, :1], "covariances"), (m, K, d, d))
         else:
             covs = check_spd(covs, "covariances")
+        _check_separation(means, covs, shared, self.groups)
         set_(self, "priors", priors / total)
         set_(self, "means", means)
         set_(self, "covariances", covs)
@@ -258,6 +259,38 @@ class GaussianModel:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+# Largest Mahalanobis distance of a class mean from its group's mean: KL terms
+# are squares of such distances and solvers multiply two of them, so the
+# fourth power must stay finite (max**0.25 ~ 1.2e77 standard deviations).
+MAX_SEPARATION = np.finfo(np.float64).max ** 0.25
+
+
+def _check_separation(
+    means: Array, covs: Array, shared: bool, groups: Sequence[Hashable] | None
+) -> None:
+    """Reject class means so far apart (in standard deviations) that KL terms overflow."""
+    from scipy.linalg import solve_triangular
+
+    m, K = means.shape[:2]
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = means - means.mean(axis=1, keepdims=True)  # (m, K, d)
+    for a in range(m):
+        for i in range(1 if shared else K):
+            L = np.linalg.cholesky(covs[a, i])
+            with np.errstate(over="ignore", invalid="ignore"):
+                # whitened deviations of the class means from the group mean, (d, K)
+                z = solve_triangular(L, centred[a].T, lower=True, check_finite=False)
+                dist = np.sqrt(np.sum(z**2, axis=0)).max()
+            if not dist <= MAX_SEPARATION:
+                name = groups[a] if groups is not None else a
+                size = f"{dist:.3g}" if np.isfinite(dist) else f"more than {MAX_SEPARATION:.3g}"
+                raise InputError(
+                    f"the class means of group {name!r} are {size} standard deviations "
+                    "apart, too far for finite KL divergences; check that means and "
+                    "covariances are in the same units"
+                )
 
 
 def _finite(value: ArrayLike, what: str, copy: bool = True) -> Array:
@@ -526,8 +559,9 @@ CONSTANT_TOL = 1e-12
 # the others to ~10 digits, beyond what float64 scatter sums resolve reliably.
 COLLINEAR_TOL = 1e-10
 # Share of the largest coefficient of the null direction from which a feature
-# counts as part of a linear dependency (the others are round-off).
-DEPENDENCY_SHARE = 0.1
+# counts as part of a linear dependency: round-off in the eigenvector is about
+# eps / (eigenvalue gap), far below this unless a second dependency is close.
+DEPENDENCY_SHARE = 1e-6
 
 
 def check_cell_covariances(
@@ -649,7 +683,7 @@ def _fixes(
     """The fixes that would remove the singularity, as one phrase."""
     fixes = {
         "constant": ["drop that feature"],
-        "collinear": ["drop all but one of them"],
+        "collinear": ["drop one of them"],
         "few": ["use fewer features or more samples"],
     }[kind]
     if covariance != "shared":

@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from fairsteer.errors import InputError
 from fairsteer.linalg import all_finite
 
-__all__ = ["CellStats", "cell_statistics", "encode_labels"]
+__all__ = ["CellStats", "cell_statistics", "encode_labels", "label_array"]
 
 Array = NDArray[np.float64]
 
@@ -53,7 +53,7 @@ def encode_labels(
     InputError
         If a value is not among ``labels``.
     """
-    arr = _label_array(values, what)
+    arr = label_array(values, what)
     if labels is None:
         try:
             uniq, codes = np.unique(arr, return_inverse=True)
@@ -77,11 +77,27 @@ def encode_labels(
     return labels, codes
 
 
-def _label_array(values: ArrayLike, what: str) -> NDArray[Any]:
+def label_array(values: ArrayLike, what: str) -> NDArray[Any]:
     """``values`` as a 1-D array; missing values and mixed types rejected.
 
     A Python list of mixed types (``[1, "1"]``) would silently become strings
     under ``np.asarray``, so lists are inspected element by element.
+
+    Parameters
+    ----------
+    values : array-like of shape (n,)
+        Group or class labels.
+    what : str
+        ``"group"`` or ``"class"``, used in error messages.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+
+    Raises
+    ------
+    InputError
+        For a missing value (None, NaN, pandas NA) or labels of mixed types.
     """
     arr = np.asarray(values)
     if arr.ndim != 1:
