@@ -726,14 +726,16 @@ def _check_range(Z: Array, features: Sequence[str] | None) -> None:
     tiny = np.finfo(np.float64).tiny
     eps = np.finfo(np.float64).eps
     n = Z.shape[0]
+    hi, lo = Z.max(axis=0), Z.min(axis=0)  # two passes over Z, no temporary copy
+    magnitude = np.maximum(np.abs(hi), np.abs(lo))
     with np.errstate(over="ignore", invalid="ignore"):
-        magnitude = np.abs(Z).max(axis=0)
-        spread = Z.max(axis=0) - Z.min(axis=0)
+        spread = hi - lo
     # The scatter sums n squares of centred values: it overflows when the
     # spread exceeds sqrt(max / n) (~1e154 / sqrt(n)).
     # The mean sums n values and overflows beyond max / n.
     too_big = ~np.isfinite(spread) | (magnitude > big / n) | (spread > np.sqrt(big / n))
-    # A variance below tiny / eps is subnormal and has lost its precision (~1e-292).
+    # A variance below tiny / eps (~1e-292, a spread below ~1e-146) is subnormal
+    # or close to it and has lost its precision.
     too_small = (spread > 0) & (spread < np.sqrt(tiny / eps))
     for mask, what, fix in (
         (too_big, "large", "divide it by a constant"),
