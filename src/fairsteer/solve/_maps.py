@@ -6,263 +6,539 @@ minimises (THEORY section 4a)
     f(G, t) = sum_i pi~_i KL(N(G nu_i + t, G Om_i G^T) || N(mu_i, S_i))
 
 over invertible G and vectors t.
+
+Everything runs in *standardised coordinates* (THEORY 4d): the reference is
+centred and whitened by its prior-pooled total covariance, the group likewise,
+so that ``G = L_t g L_r^-1`` and ``t = mbar_t + L_t tau - G mbar_r``. The
+objective is exactly invariant under this change of variables, and in these
+coordinates the problem no longer depends on the units (or offsets) of the
+features: a year-like column with mean 2000 and a column in units of 10^-5
+give the same g. The shift tau is eliminated in closed form,
+
+    tau*(g) = Pbar^-1 sum_i pi_i P_i (mu_i - g nu_i),  Pbar = sum_i pi_i P_i,
+
+and the reduced objective phi(g) = f(g, tau*(g)) is minimised by a
+trust-region Newton method (Steihaug-Toint truncated conjugate gradients) with
+the exact gradient and Hessian-vector products:
+
+    grad phi = sum_i pi_i (P_i g Om_i - P_i r_i nu_i^T) - g^-T,   r_i = mu_i - g nu_i - tau*,
+    H[D]     = sum_i pi_i (P_i D Om_i + P_i (D nu_i + delta) nu_i^T) + g^-T D^T g^-T,
+    delta    = -Pbar^-1 sum_i pi_i P_i D nu_i.
+
+Convergence means ``||grad phi||_F <= gtol`` in standardised coordinates; as
+these are dimensionless, the tolerance is relative to the problem's own scale.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy.linalg import solve_triangular
-from scipy.optimize import minimize
 
 from fairsteer.errors import InputError
 from fairsteer.linalg import symmetrize
 
 Array = NDArray[np.float64]
 
-
-class GroupFactors:
-    """Cholesky factors of one group's covariances, computed once and reused.
-
-    ``chol`` has shape (K, d, d), or (1, d, d) for a shared covariance;
-    ``precisions`` (the inverses) are computed on first use.
-    """
-
-    def __init__(self, means: Array, covs: Array, shared: bool) -> None:
-        self.means, self.covs, self.shared = means, covs, shared
-        try:
-            self.chol = np.linalg.cholesky(symmetrize(covs[:1] if shared else covs))
-        except np.linalg.LinAlgError:
-            raise InputError("a covariance is not positive definite; use shrinkage") from None
-        logdets = 2.0 * np.log(np.diagonal(self.chol, axis1=-2, axis2=-1)).sum(axis=-1)
-        self.logdets = np.repeat(logdets, means.shape[0]) if shared else logdets
-        self._precisions: Array | None = None
-
-    @classmethod
-    def of(cls, means: Array, covs: Array, shared: bool) -> GroupFactors:
-        return cls(means, covs, shared)
-
-    @property
-    def precisions(self) -> Array:
-        if self._precisions is None:
-            eye = np.eye(self.chol.shape[-1])
-            inv_chol = np.stack([solve_triangular(L, eye, lower=True) for L in self.chol])
-            self._precisions = np.swapaxes(inv_chol, -1, -2) @ inv_chol
-        return self._precisions
+# Dimensionless gradient norm. Near a minimum the KL is within about
+# ||grad||^2 / (2 lambda_min) of the local minimum's value; in standardised
+# coordinates lambda_min is rarely below 1e-4, so 1e-7 leaves < 1e-10 nats.
+GTOL = 1e-7
+MAX_ITER = 1000  # trust-region iterations for a refined start
+SCREEN_ITER = 15  # iterations per start before the best are refined
+REFINE = 2  # starts refined to convergence
+ZERO_KL = 1e-14  # a start this close to KL = 0 is a global minimum (KL >= 0)
 
 
-def closed_form(
-    pi: Array,
-    nu: Array,
-    Om_pooled: Array,
-    target: GroupFactors,
-    S_pooled: Array | None = None,
-    *,
-    value_only: bool = False,
-) -> tuple[Array, Array] | float:
-    """Global minimiser of f for shared covariances (THEORY 4a closed form).
-
-    ``Om_pooled`` is the reference's (shared) covariance; ``S_pooled`` the group's,
-    default its shared covariance. Used with pooled covariances as a start for
-    the per-class search.
-
-    THEORY writes the solution with symmetric square roots; any factors
-    C = L L^T and S = R R^T give the same G: with G = R g L^-1 the objective
-    becomes 1/2 ||g||_F^2 - tr(g E) - ln|det g| + const, E = L^-1 B R^-T, so
-    Cholesky factors (an order of magnitude cheaper than eigh) suffice.
-
-    With ``value_only`` the minimum value of f is returned instead, from the
-    singular values s of E alone (no singular vectors): with
-    sigma = (s + sqrt(s^2 + 4)) / 2,
-
-        min f = 1/2 [sum(sigma^2 - 2 sigma s - 2 ln sigma)
-                     + sum_i pi_i (mu_i - mbar)^T S^-1 (mu_i - mbar) - d
-                     + ln det C - ln det Om].
-    """
-    mbar_r = pi @ nu
-    mbar_a = pi @ target.means
-    dr = nu - mbar_r
-    da = target.means - mbar_a
-    C = Om_pooled + (dr.T * pi) @ dr
-    R = target.chol[0] if S_pooled is None else np.linalg.cholesky(symmetrize(S_pooled))
+def cholesky(S: Array, what: str = "covariance") -> Array:
+    """Lower Cholesky factor, with an :class:`InputError` naming ``what`` on failure."""
     try:
-        L = np.linalg.cholesky(symmetrize(C))
+        return np.linalg.cholesky(symmetrize(S))
     except np.linalg.LinAlgError:
-        raise InputError("a reference covariance is not positive definite") from None
-    # E = P Q^T with P = L^-1 Dr^T diag(sqrt pi), Q = R^-1 Da^T diag(sqrt pi):
-    # rank <= K, so the SVD of E comes from thin QRs and a K x K SVD.
+        raise InputError(
+            f"a {what} is not positive definite (a feature is constant or collinear "
+            "with others in a (group, class) cell); drop that feature or fit with shrinkage"
+        ) from None
+
+
+def logdet_chol(L: Array) -> Array:
+    """``ln det (L L^T)`` from a Cholesky factor (stacks allowed)."""
+    return 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+
+
+def closed_form_standard(
+    pi: Array, nu: Array, C_chol: Array, mu: Array, S_chol: Array
+) -> tuple[Array, Array, Array, Array]:
+    r"""The shared-covariance closed form of THEORY 4a from Cholesky factors.
+
+    ``nu`` and ``mu`` are the class means of reference and group *centred*
+    at their pi-weighted means; ``C_chol`` is a Cholesky factor of
+    :math:`C = \Omega + \sum_i \pi_i \nu_i \nu_i^T`, ``S_chol`` of the group's
+    (shared) covariance S. Any factors work: with G = R g L^-1 the objective is
+    1/2 ||g||_F^2 - tr(g E) - ln|det g| + const, E = L^-1 B R^-T, minimised by
+    g = U diag((s + sqrt(s^2 + 4)) / 2) V^T from the SVD E^T = U diag(s) V^T
+    (von Neumann's trace inequality, then g - s = 1/g per singular value).
+
+    Returns
+    -------
+    G : ndarray (d, d)
+        The optimal linear part (the shift is mbar_a - G mbar_r).
+    s, sigma : ndarray
+        Singular values of E and of g on span(E) (the rest of g's singular
+        values are 1).
+    Q : ndarray (d, K)
+        ``R^-1 (mu_i sqrt(pi_i))``, whose squared norm enters the optimal value.
+    """
+    d = nu.shape[1]
     root_pi = np.sqrt(pi)[:, None]
-    P = solve_triangular(L, (dr * root_pi).T, lower=True)
-    Q = solve_triangular(R, (da * root_pi).T, lower=True)
-    d, K = P.shape
+    P = solve_triangular(C_chol, (nu * root_pi).T, lower=True)
+    Q = solve_triangular(S_chol, (mu * root_pi).T, lower=True)
+    K = P.shape[1]
     if d > K:
+        # E = P Q^T has rank <= K: thin QRs and a K x K SVD.
         Qp, Rp = np.linalg.qr(P)
         Qq, Rq = np.linalg.qr(Q)
-        Um, s, Vmt = np.linalg.svd(Rq @ Rp.T)  # E^T = Qq (Rq Rp^T) Qp^T
+        Um, s, Vmt = np.linalg.svd(Rq @ Rp.T)
         U, V = Qq @ Um, Qp @ Vmt.T
     else:
         U, s, Vt = np.linalg.svd(Q @ P.T)
         V = Vt.T
     sigma = (s + np.sqrt(s**2 + 4.0)) / 2.0
-    if value_only:
-        logdet_C = 2.0 * np.log(np.diagonal(L)).sum()
-        logdet_Om = np.linalg.slogdet(Om_pooled)[1]
-        inner = np.sum(sigma**2 - 2.0 * sigma * s - 2.0 * np.log(sigma))
-        return 0.5 * float(inner + np.sum(Q**2) - d + logdet_C - logdet_Om)
-    g = (U * sigma) @ V.T
-    if U.shape[1] < d:
-        # Zero singular values: sigma = 1, and any orthogonal map between the
-        # complements of span(V) and span(U) attains the minimum. The ideal
-        # model is the same for every choice (the complement never meets the
-        # class-mean directions); we take the pairing of complete-QR bases.
-        U_perp = np.linalg.qr(U, mode="complete")[0][:, U.shape[1] :]
-        V_perp = np.linalg.qr(V, mode="complete")[0][:, V.shape[1] :]
-        g += U_perp @ V_perp.T
-    G = solve_triangular(L, (R @ g).T, lower=True, trans="T").T
-    t = mbar_a - G @ mbar_r
-    return G, t
+    # g = I + U diag(sigma) V^T - (pairing of the complements): we pair the
+    # complement of span(V) with that of span(U) through the orthogonal map
+    # that is closest to the identity (polar factor), so that g is the
+    # identity on directions no class mean touches.
+    g = (U * sigma) @ V.T + _complement_map(U, V)
+    G = solve_triangular(C_chol, (S_chol @ g).T, lower=True, trans="T").T
+    return G, s, sigma, Q
 
 
-def map_objective(pi: Array, nu: Array, Om: Array, target: GroupFactors, G: Array, t: Array):
-    """f(G, t) and its gradient (dG, dt); f = inf for a singular G.
+def _complement_map(U: Array, V: Array) -> Array:
+    """An isometry from span(V)^perp onto span(U)^perp, as a d x d matrix.
 
-    Costs O(K d^3): used by the per-class search (shared covariances use the
-    closed form and never need it).
-
-    With P_i = S_i^-1 and r_i = mu_i - G nu_i - t:
-    grad_G = sum_i pi_i (P_i G Om_i - P_i r_i nu_i^T) - G^-T, grad_t = -sum_i pi_i P_i r_i.
+    Zero singular values of E leave g orthogonal but otherwise free between
+    the complements; every choice gives the same ideal model. We take the
+    polar factor of (I - U U^T)(I - V V^T), which is the identity where both
+    complements agree, completed on the rest by complete-QR bases.
     """
-    sign, logabsdet = np.linalg.slogdet(G)
-    if sign == 0 or not np.isfinite(logabsdet):
-        return np.inf, None, None
-    K, d = nu.shape
-    P = target.precisions
-    if target.shared:
-        P = np.broadcast_to(P, (K, d, d))
-    r = target.means - nu @ G.T - t  # (K, d)
-    Pr = np.einsum("kde,ke->kd", P, r)
-    GOm = G @ Om  # (K, d, d) via broadcasting
-    PGOm = P @ GOm
-    trace = np.einsum("kdd->k", PGOm @ np.swapaxes(np.broadcast_to(G, (K, d, d)), -1, -2))
-    maha = np.einsum("kd,kd->k", r, Pr)
-    logdet_om = np.linalg.slogdet(Om)[1]
-    logdet_tilde = 2.0 * logabsdet + logdet_om
-    kl = 0.5 * (trace + maha - d + target.logdets - logdet_tilde)
-    value = float(pi @ kl)
-    dG = np.einsum("k,kde->de", pi, PGOm) - np.einsum("k,kd,ke->de", pi, Pr, nu)
-    dG -= np.linalg.inv(G).T
-    dt = -(pi @ Pr)
-    return value, dG, dt
+    d, k = U.shape
+    if k >= d:
+        return np.zeros((d, d))
+    Pu = np.eye(d) - U @ U.T
+    Pv = np.eye(d) - V @ V.T
+    W, s, Zt = np.linalg.svd(Pu @ Pv)
+    # Pu Pv has rank d - k generically; its top d - k singular pairs span the
+    # two complements (left: span(U)^perp, right: span(V)^perp).
+    r = d - k
+    if s[r - 1] > 1e-8:
+        return W[:, :r] @ Zt[:r]
+    U_perp = np.linalg.qr(U, mode="complete")[0][:, k:]
+    V_perp = np.linalg.qr(V, mode="complete")[0][:, k:]
+    return U_perp @ V_perp.T
 
 
-def local_search(
-    pi: Array,
-    nu: Array,
-    Om: Array,
-    target: GroupFactors,
-    G0: Array,
-    t0: Array,
-    max_iter: int = 500,
-    gtol: float = 1e-10,
-) -> tuple[Array, Array, float, int, float]:
-    """Quasi-Newton (L-BFGS) descent on f from (G0, t0), in whitened coordinates.
+def _orthogonal_factor(L: Array) -> Array:
+    """U = (L L^T)^-1/2 L, the orthogonal factor relating Cholesky and symmetric whitening."""
+    w, V = np.linalg.eigh(L @ L.T)
+    return (V / np.sqrt(w)) @ V.T @ L
 
-    The search runs over (g, tau) with G = R g W^-1 and t = R tau, where R R^T
-    and W W^T are Cholesky factorisations of the prior-pooled covariances of
-    the target and of the reference: for well-matched laws g is close to
-    orthogonal whatever the feature scales, which keeps L-BFGS well
-    conditioned. The gradient transforms as grad_g = R^T grad_G W^-T,
-    grad_tau = R^T grad_t. Returns G, t, f, iterations and the final gradient
-    norm (in the original coordinates).
+
+@dataclass
+class MapResult:
+    """The best map found and how it was found."""
+
+    G: Array
+    t: Array
+    value: float
+    grad_norm: float
+    converged: bool
+    iterations: int
+    starts: int
+    start_values: list[float]
+
+
+class MapBlock:
+    """phi(g) of one reference -> group pair in standardised coordinates (per-class).
+
+    Parameters
+    ----------
+    pi : (K,) reference priors; nu : (K, d) reference means; Om : (K, d, d)
+    reference covariances; mu : (K, d) and S : (K, d, d) the group's cells.
     """
-    d = nu.shape[1]
-    R = np.linalg.cholesky(symmetrize(np.einsum("k,kde->de", pi, target.covs)))
-    W = np.linalg.cholesky(symmetrize(np.einsum("k,kde->de", pi, Om)))
-    W_inv = solve_triangular(W, np.eye(d), lower=True)
 
-    def unpack(z: Array) -> tuple[Array, Array]:
-        return R @ z[: d * d].reshape(d, d) @ W_inv, R @ z[d * d :]
+    def __init__(self, pi: Array, nu: Array, Om: Array, mu: Array, S: Array) -> None:
+        K, d = nu.shape
+        self.pi, self.K, self.d = pi, K, d
+        self.nbar = pi @ nu
+        self.mbar = pi @ mu
+        dn, dm = nu - self.nbar, mu - self.mbar
+        Om = np.broadcast_to(Om, (K, d, d))
+        S = np.broadcast_to(S, (K, d, d))
+        self.Lr = cholesky(np.einsum("k,kde->de", pi, Om) + (dn.T * pi) @ dn, "covariance")
+        self.Lt = cholesky(np.einsum("k,kde->de", pi, S) + (dm.T * pi) @ dm, "covariance")
+        Lr_inv = solve_triangular(self.Lr, np.eye(d), lower=True)
+        Lt_inv = solve_triangular(self.Lt, np.eye(d), lower=True)
+        self.nu = dn @ Lr_inv.T
+        self.Om = symmetrize(Lr_inv @ Om @ Lr_inv.T)
+        self.mu = dm @ Lt_inv.T
+        S_std = symmetrize(Lt_inv @ S @ Lt_inv.T)
+        chol_S = cholesky(S_std, "covariance")
+        chol_Om = cholesky(self.Om, "reference covariance")
+        inv_chol = np.linalg.inv(chol_S)
+        self.P = np.swapaxes(inv_chol, -1, -2) @ inv_chol
+        self.Pbar_inv = np.linalg.inv(symmetrize(np.einsum("k,kde->de", pi, self.P)))
+        self.const = 0.5 * float(pi @ (logdet_chol(chol_S) - logdet_chol(chol_Om))) - 0.5 * d
+        self.S_std = S_std
+        self.Ut = _orthogonal_factor(self.Lt)
+        self.Ur = _orthogonal_factor(self.Lr)
+        self._cache_key: bytes | None = None
+        self._cache: tuple | None = None
 
-    def fun(z: Array) -> tuple[float, Array]:
-        G, t = unpack(z)
-        value, dG, dt = map_objective(pi, nu, Om, target, G, t)
-        if dG is None:
-            return 1e300, np.zeros_like(z)
-        return value, np.concatenate([(R.T @ dG @ W_inv.T).ravel(), R.T @ dt])
+    # ---------------------------------------------------------- coordinates
+    def to_standard(self, G: Array) -> Array:
+        """g = L_t^-1 G L_r."""
+        return solve_triangular(self.Lt, G @ self.Lr, lower=True)
 
-    g0 = solve_triangular(R, G0 @ W, lower=True)
-    z0 = np.concatenate([g0.ravel(), solve_triangular(R, t0, lower=True)])
-    res = minimize(
-        fun,
-        z0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": max_iter, "gtol": gtol, "ftol": 1e-15, "maxcor": 30},
-    )
-    G, t = unpack(res.x)
-    value, dG, dt = map_objective(pi, nu, Om, target, G, t)
-    gnorm = float(np.sqrt(np.sum(dG**2) + np.sum(dt**2))) if dG is not None else np.inf
-    return G, t, value, int(res.nit), gnorm
+    def to_original(self, g: Array) -> tuple[Array, Array]:
+        """(G, t) in the caller's coordinates, t from the eliminated shift."""
+        tau = self.tau(g)
+        G = solve_triangular(self.Lr, (self.Lt @ g).T, lower=True, trans="T").T
+        t = self.mbar + self.Lt @ tau - G @ self.nbar
+        return G, t
+
+    def tau(self, g: Array) -> Array:
+        a = self.mu - self.nu @ g.T
+        return self.Pbar_inv @ (self.pi @ np.einsum("kde,ke->kd", self.P, a))
+
+    # ------------------------------------------------------------ objective
+    def _state(self, g: Array) -> tuple | None:
+        key = g.tobytes()
+        if key != self._cache_key:
+            self._cache_key = key
+            sign, logabsdet = np.linalg.slogdet(g)
+            if sign == 0 or not np.isfinite(logabsdet):
+                self._cache = None
+            else:
+                self._cache = (logabsdet, np.linalg.inv(g))
+        return self._cache
+
+    def value_grad(self, g: Array) -> tuple[float, Array | None]:
+        """phi(g) and its gradient (None where g is singular, value inf)."""
+        state = self._state(g)
+        if state is None:
+            return np.inf, None
+        logabsdet, g_inv = state
+        pi = self.pi
+        r = self.mu - self.nu @ g.T
+        r = r - self.Pbar_inv @ (pi @ np.einsum("kde,ke->kd", self.P, r))
+        Pr = np.einsum("kde,ke->kd", self.P, r)
+        PgOm = self.P @ (g @ self.Om)
+        trace = np.einsum("kde,de->k", PgOm, g)
+        maha = np.einsum("kd,kd->k", r, Pr)
+        value = 0.5 * float(pi @ (trace + maha)) + self.const - logabsdet
+        grad = np.einsum("k,kde->de", pi, PgOm) - (Pr.T * pi) @ self.nu - g_inv.T
+        return value, grad
+
+    def hessp(self, g: Array, D: Array) -> Array:
+        """Hessian of phi at g applied to the direction D."""
+        state = self._state(g)
+        assert state is not None
+        g_inv = state[1]
+        pi = self.pi
+        Dnu = self.nu @ D.T  # (K, d): row i = D nu_i
+        delta = -self.Pbar_inv @ (pi @ np.einsum("kde,ke->kd", self.P, Dnu))
+        PDnu = np.einsum("kde,ke->kd", self.P, Dnu + delta)
+        out = np.einsum("k,kde->de", pi, self.P @ D @ self.Om) + (PDnu.T * pi) @ self.nu
+        return out + g_inv.T @ D.T @ g_inv.T
+
+    # --------------------------------------------------------------- starts
+    def pooled_start(self) -> Array:
+        """Closed form of THEORY 4a with the pi-pooled covariances (global if shared)."""
+        Om_pool = np.einsum("k,kde->de", self.pi, self.Om)
+        S_pool = np.einsum("k,kde->de", self.pi, self.S_std)
+        C = Om_pool + (self.nu.T * self.pi) @ self.nu
+        G, *_ = closed_form_standard(
+            self.pi, self.nu, cholesky(C), self.mu, cholesky(S_pool, "covariance")
+        )
+        return G
+
+    def eigen_start(self) -> Array:
+        r"""Align the generalised eigenvectors of reference and group (exact if equivalent).
+
+        With pooled within-class covariances :math:`W_r, W_t` and probe matrices
+        :math:`B = \sum_i c_i (\Omega_i + \nu_i \nu_i^T)` (fixed distinct weights
+        c_i), the pencils (B_r, W_r) and (B_t, W_t) have eigenvectors V, U
+        normalised by V^T W_r V = I = U^T W_t U. If group = g(reference) exactly,
+        U = g^-T V D for a sign matrix D, hence g = W_t U D V^T; the signs are
+        chosen to match the class means. The construction is covariant under
+        per-group affine maps, so an ideal model is recovered exactly.
+        """
+        from scipy.linalg import eigh
+
+        c = 1.0 + np.arange(self.K) / self.K
+        Wr = np.einsum("k,kde->de", self.pi, self.Om)
+        Wt = np.einsum("k,kde->de", self.pi, self.S_std)
+        Br = np.einsum("k,kde->de", c * self.pi, self.Om + self.nu[:, :, None] * self.nu[:, None])
+        Bt = np.einsum(
+            "k,kde->de", c * self.pi, self.S_std + self.mu[:, :, None] * self.mu[:, None]
+        )
+        _, V = eigh(symmetrize(Br), symmetrize(Wr))
+        _, U = eigh(symmetrize(Bt), symmetrize(Wt))
+        alpha = self.nu @ Wr @ V  # coordinates of the centred means in the eigenbasis
+        beta = self.mu @ Wt @ U
+        signs = np.where(self.pi @ (alpha * beta) < 0, -1.0, 1.0)
+        return Wt @ (U * signs) @ V.T
+
+    def spd_start(self, max_iter: int = MAX_ITER) -> tuple[Array, float]:
+        """Global optimum of the convex restriction to symmetric positive definite maps.
+
+        The restriction is taken in symmetrically whitened coordinates
+        (G = T_t^1/2 X T_r^-1/2 with X SPD, T the pi-pooled total
+        covariances), where identical groups give X = I. In the block's
+        Cholesky coordinates this is g = U_t^T X U_r with the orthogonal
+        U = T^-1/2 L. phi is convex in X on the SPD cone (convex quadratics
+        plus -ln det), so the trust-region Newton run from X = I, with steps
+        leaving the cone rejected, converges to its global minimum.
+        """
+        d = self.d
+        Ut, Ur = self.Ut, self.Ur
+
+        def to_g(X: Array) -> Array:
+            return Ut.T @ X @ Ur
+
+        def fun(x: Array) -> tuple[float, Array]:
+            X = symmetrize(x.reshape(d, d))
+            try:
+                np.linalg.cholesky(X)
+            except np.linalg.LinAlgError:
+                return np.inf, np.zeros_like(x)
+            value, grad = self.value_grad(to_g(X))
+            if grad is None:
+                return np.inf, np.zeros_like(x)
+            return value, symmetrize(Ut @ grad @ Ur.T).ravel()
+
+        def hessp(x: Array, p: Array) -> Array:
+            X = symmetrize(x.reshape(d, d))
+            D = symmetrize(p.reshape(d, d))
+            return symmetrize(Ut @ self.hessp(to_g(X), to_g(D)) @ Ur.T).ravel()
+
+        res = _trust_region(fun, hessp, np.eye(d).ravel(), max_iter, GTOL)
+        g = to_g(symmetrize(res.x.reshape(d, d)))
+        return g, float(res.fun)
+
+    # --------------------------------------------------------------- Newton
+    def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL):
+        """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations)."""
+        d = self.d
+
+        def fun(x: Array) -> tuple[float, Array]:
+            value, grad = self.value_grad(x.reshape(d, d))
+            if grad is None:
+                return np.inf, np.zeros_like(x)
+            return value, grad.ravel()
+
+        def hessp(x: Array, p: Array) -> Array:
+            return self.hessp(x.reshape(d, d), p.reshape(d, d)).ravel()
+
+        res = _trust_region(fun, hessp, g0.ravel(), max_iter, gtol)
+        g = res.x.reshape(d, d)
+        value, grad = self.value_grad(g)
+        gnorm = float(np.linalg.norm(grad)) if grad is not None else np.inf
+        return g, value, gnorm, int(res.nit)
+
+
+def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, precond=None):
+    """Trust-region Newton with truncated preconditioned conjugate gradients (Steihaug-Toint).
+
+    Minimises ``fun`` (returning value and gradient; value inf where
+    undefined) with exact Hessian-vector products ``hessp``. ``precond(x)``,
+    if given, returns ``(solve, apply)`` of a symmetric positive definite
+    approximation M of the Hessian at x; the trust region is then the ball
+    ||p||_M <= radius. The CG forcing term min(1/2, sqrt(||grad||)) ||grad||
+    gives superlinear local convergence. Near the optimum the decrease of f
+    falls below the round-off of f itself (|f| eps), where the usual ratio
+    test is noise: a step is then accepted when it lowers the gradient norm
+    instead, which keeps Newton's fast convergence down to ``gtol`` on the
+    (accurately computed) gradient.
+    """
+    x = np.array(x0, dtype=np.float64)
+    f, grad = fun(x)
+    if not np.isfinite(f):
+        return _TRResult(x, f, np.inf, 0)
+    gnorm = float(np.linalg.norm(grad))
+    radius = 1.0
+    it = 0
+    for it in range(1, max_iter + 1):
+        if gnorm <= gtol:
+            it -= 1
+            break
+        M = precond(x) if precond is not None else (None, None)
+        step, pred, step_norm = _steihaug(
+            lambda p, x=x: hessp(x, p), grad, radius, min(0.5, np.sqrt(gnorm)), *M
+        )
+        x_new = x + step
+        f_new, grad_new = fun(x_new)
+        if not np.isfinite(f_new):
+            radius = 0.25 * step_norm
+            continue
+        gnorm_new = float(np.linalg.norm(grad_new))
+        actual = f - f_new
+        noise = 64.0 * np.finfo(float).eps * max(abs(f), 1.0)
+        if abs(actual) <= noise and abs(pred) <= noise:
+            accept, rho = gnorm_new < gnorm, 1.0
+        else:
+            rho = actual / pred if pred > 0 else -1.0
+            accept = rho > 1e-4
+        if rho < 0.25:
+            radius = 0.25 * step_norm
+        elif rho > 0.75 and step_norm >= 0.99 * radius:
+            radius = 2.0 * radius
+        if accept:
+            x, f, grad, gnorm = x_new, f_new, grad_new, gnorm_new
+        if radius < 1e-14:
+            break
+    return _TRResult(x, f, gnorm, it)
+
+
+@dataclass
+class _TRResult:
+    x: Array
+    fun: float
+    gnorm: float
+    nit: int
+
+
+def _steihaug(hv, grad: Array, radius: float, eta: float, solve=None, apply=None):
+    """Approximate argmin of m(p) = g.p + p.Hp / 2 on ||p||_M <= radius.
+
+    Returns p, the predicted decrease m(0) - m(p) and ||p||_M (M = I without
+    a preconditioner).
+    """
+    solve = solve or (lambda v: v)
+    apply = apply or (lambda v: v)
+    p = np.zeros_like(grad)
+    Mp = np.zeros_like(grad)
+    r = grad.copy()
+    z = solve(r)
+    dvec = -z
+    rz = float(r @ z)
+    tol = eta * np.sqrt(float(r @ r))
+    for _ in range(grad.size + 1):
+        Hd = hv(dvec)
+        curv = float(dvec @ Hd)
+        Md = apply(dvec)
+        if curv <= 0:
+            tau = _to_boundary(p, dvec, Mp, Md, radius)
+            p, Mp = p + tau * dvec, Mp + tau * Md
+            break
+        alpha = rz / curv
+        p_next, Mp_next = p + alpha * dvec, Mp + alpha * Md
+        if float(p_next @ Mp_next) >= radius**2:
+            tau = _to_boundary(p, dvec, Mp, Md, radius)
+            p, Mp = p + tau * dvec, Mp + tau * Md
+            break
+        p, Mp = p_next, Mp_next
+        r = r + alpha * Hd
+        if np.sqrt(float(r @ r)) <= tol:
+            break
+        z = solve(r)
+        rz_new = float(r @ z)
+        dvec = -z + (rz_new / rz) * dvec
+        rz = rz_new
+    pred = -(float(grad @ p) + 0.5 * float(p @ hv(p)))
+    return p, pred, float(np.sqrt(max(float(p @ Mp), 0.0)))
+
+
+def _to_boundary(p: Array, dvec: Array, Mp: Array, Md: Array, radius: float) -> float:
+    """tau >= 0 with ||p + tau d||_M = radius."""
+    a = float(dvec @ Md)
+    b = 2.0 * float(p @ Md)
+    c = float(p @ Mp) - radius**2
+    return (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
 
 
 def best_map(
     pi: Array,
     nu: Array,
     Om: Array,
-    target: GroupFactors,
+    mu: Array,
+    S: Array,
     *,
-    shared: bool,
     rng: np.random.Generator,
-    n_random: int = 4,
-    warm: tuple[Array, Array] | None = None,
-) -> tuple[Array, Array, dict]:
-    """argmin f over invertible G: closed form if shared, else a multi-start search.
+    n_random: int = 2,
+    warm: Array | None = None,
+    gtol: float = GTOL,
+    max_iter: int = MAX_ITER,
+) -> MapResult:
+    """argmin f over invertible G for per-class covariances: a multi-start Newton search.
 
-    Per-class starts: the closed form with pooled (prior-weighted) covariances,
-    the closed form with each class's own covariances, each of those reflected
-    along its weakest direction (the other component of GL(d)), ``warm`` if
-    given, and ``n_random`` seeded perturbations of the best closed form.
-    Every start is refined by L-BFGS; the best local minimum is kept.
+    Starts (all in standardised coordinates): the pooled-covariance closed
+    form, the generalised-eigenvector alignment (exact for an equivalent pair),
+    the global optimum of the convex SPD restriction (so the result is never
+    worse than that restriction), each reflected along its weakest singular
+    direction (the other component of GL(d)), ``warm`` if given (a G in the
+    caller's coordinates), and ``n_random`` seeded perturbations of the best
+    of those. Each start is refined by trust-region Newton; the best is kept.
     """
-    if shared:
-        G, t = closed_form(pi, nu, Om[0], target)
-        return G, t, {"starts": 1, "iterations": 0, "grad_norm": 0.0}
-    K, d = nu.shape
-    Om_pool = np.einsum("k,kde->de", pi, Om)
-    S_pool = np.einsum("k,kde->de", pi, target.covs)
-    starts = [closed_form(pi, nu, Om_pool, target, S_pool)]
-    for i in range(K):
-        starts.append(closed_form(pi, nu, Om[i], target, target.covs[i]))
-    reflected = []
-    for G, _ in starts[: 1 + K]:
-        U, s, Vt = np.linalg.svd(G)
-        flip = np.eye(d)
-        flip[-1, -1] = -1.0
-        Gr = U @ np.diag(s) @ flip @ Vt
-        reflected.append((Gr, pi @ target.means - Gr @ (pi @ nu)))
-    starts += reflected
+    block = MapBlock(pi, nu, Om, mu, S)
+    d = block.d
+    starts = [block.eigen_start(), block.pooled_start()]
     if warm is not None:
-        starts.append(warm)
-    G0 = starts[0][0]
-    scale = np.linalg.norm(G0) / np.sqrt(d)
+        starts.insert(0, block.to_standard(warm))
+    spd, spd_value = block.spd_start(max_iter)
+    starts.append(spd)
+    for g in list(starts):
+        U, s, Vt = np.linalg.svd(g)
+        starts.append((U * np.r_[s[:-1], -s[-1]]) @ Vt)
+    values = [block.value_grad(g)[0] for g in starts]
+    base = starts[int(np.argmin(values))]
     for _ in range(n_random):
-        Gp = G0 + 0.5 * scale * rng.standard_normal((d, d))
-        starts.append((Gp, pi @ target.means - Gp @ (pi @ nu)))
-    best = None
-    values = []
+        starts.append(base + 0.5 * rng.standard_normal((d, d)) / np.sqrt(d))
+    # Phase 1: a short Newton run from every start; the KL is >= 0, so a start
+    # that reaches ~0 is a global minimum and ends the search.
+    runs = []
     total_it = 0
-    for G0, t0 in starts:
-        G, t, value, nit, gnorm = local_search(pi, nu, Om, target, G0, t0)
-        values.append(value)
+    for g0 in starts:
+        g, value, gnorm, nit = block.newton(g0, SCREEN_ITER, gtol)
         total_it += nit
-        if best is None or value < best[2]:
-            best = (G, t, value, gnorm)
-    G, t, value, gnorm = best
-    info = {
-        "starts": len(starts),
-        "iterations": total_it,
-        "grad_norm": gnorm,
-        "objective": value,
-        "start_values": values,
-    }
-    return G, t, info
+        runs.append((value, gnorm, g))
+        if value <= ZERO_KL:
+            break
+    # Phase 2: the best distinct local minima are refined to convergence.
+    runs.sort(key=lambda run: run[0])
+    refined = []
+    for value, gnorm, g in runs[:REFINE]:
+        if gnorm > gtol:
+            g, value, gnorm, nit = block.newton(g, max_iter, gtol)
+            total_it += nit
+        refined.append((value, gnorm, g))
+    value, gnorm, g = min(refined, key=lambda run: (run[0], run[1]))
+    if value > spd_value:
+        # Cannot happen (the SPD optimum is a start and Newton only descends);
+        # guard against round-off all the same.
+        g, value = spd, spd_value
+        gnorm = float(np.linalg.norm(block.value_grad(g)[1]))
+    G, t = block.to_original(g)
+    return MapResult(
+        G=G,
+        t=t,
+        value=value,
+        grad_norm=gnorm,
+        converged=bool(gnorm <= gtol),
+        iterations=total_it,
+        starts=len(runs),
+        start_values=[run[0] for run in runs],
+    )
+
+
+def polish_map(
+    pi: Array, nu: Array, Om: Array, mu: Array, S: Array, G0: Array, *, gtol: float = GTOL,
+    max_iter: int = MAX_ITER,
+) -> MapResult:
+    """Newton from one warm start only (the per-class map block of all subgroups)."""
+    block = MapBlock(pi, nu, Om, mu, S)
+    g, value, gnorm, nit = block.newton(block.to_standard(G0), max_iter, gtol)
+    G, t = block.to_original(g)
+    return MapResult(G, t, value, gnorm, bool(gnorm <= gtol), nit, 1, [value])

@@ -19,7 +19,7 @@ from fairsteer.errors import InputError
 from fairsteer.linalg import kl_gaussian_cells, symmetrize, tv_bound_from_kl
 from fairsteer.model import GaussianModel, read_json, write_atomic
 
-__all__ = ["METHODS", "Solution", "ideal_model", "objective"]
+__all__ = ["METHODS", "Solution", "ideal_model", "objective", "solution_from_standard"]
 
 Array = NDArray[np.float64]
 METHODS = ("affirmative", "all-subgroups")
@@ -64,6 +64,10 @@ def objective(original: GaussianModel, ideal: GaussianModel) -> tuple[float, Arr
         \\mathrm{KL}(\\tilde D\\|D) = \\sum_a w_a\\Big[\\mathrm{KL}(\\tilde\\pi_a\\|\\pi_a)
         + \\sum_i \\tilde\\pi_{a,i}\\,\\mathrm{KL}(\\tilde F_{a,i}\\|F_{a,i})\\Big]
 
+    Both models are first standardised with the original's per-group frame
+    (THEORY 4d: KL is invariant under a bijection applied to both laws), so the
+    value does not lose digits to large offsets or badly scaled features.
+
     Returns
     -------
     total : float
@@ -72,13 +76,91 @@ def objective(original: GaussianModel, ideal: GaussianModel) -> tuple[float, Arr
     prior_kl : ndarray (m,)
         KL(pi~[a] || pi[a]).
     """
-    cell_kl = kl_gaussian_cells(
-        ideal.means, ideal.covariances, original.means, original.covariances
+    from fairsteer.solve._frame import Frame
+
+    frame = Frame.of(original)
+    cell_kl = _standard_cell_kl(
+        frame.means(np.asarray(ideal.means)),
+        frame.covariances(np.asarray(ideal.covariances)),
+        frame.means(np.asarray(original.means)),
+        frame.covariances(np.asarray(original.covariances)),
     )
     pt, po = ideal.class_priors, original.class_priors
     prior_kl = np.sum(pt * (np.log(pt) - np.log(po)), axis=1)
     group_kl = prior_kl + np.sum(pt * cell_kl, axis=1)
     return float(original.group_weights @ group_kl), cell_kl, prior_kl
+
+
+def _standard_cell_kl(m1: Array, S1: Array, m2: Array, S2: Array) -> Array:
+    """Cell KLs, clipped at 0 from below (round-off of a zero KL can be -1e-16)."""
+    return np.maximum(kl_gaussian_cells(m1, S1, m2, S2), 0.0)
+
+
+def solution_from_standard(
+    original: GaussianModel,
+    frame: Any,
+    method: str,
+    priors: Array,
+    nu: Array,
+    Om: Array,
+    g: Array,
+    tau: Array,
+    *,
+    gauge: int,
+    reference_group: Hashable | None = None,
+    diagnostics: dict[str, Any] | None = None,
+) -> Solution:
+    """A solution found on the standardised model, mapped back to original units.
+
+    ``nu`` (K, d) and ``Om`` (K, d, d) are the reference in the standardised
+    coordinates of group ``gauge``, whose map must be the identity
+    (g[gauge] = I, tau[gauge] = 0). The KL and its parts are evaluated in
+    standardised coordinates (exactly invariant, THEORY 4d). For affirmative
+    action (``reference_group`` set) the kept group's cells are copied from
+    the original model bit for bit.
+    """
+    m, K, d = original.means.shape
+    mu_std = frame.means(np.asarray(original.means))
+    S_std = frame.covariances(np.asarray(original.covariances))
+    Om = np.broadcast_to(Om, (K, d, d))
+    means_std = nu @ np.swapaxes(g, -1, -2) + tau[:, None, :]
+    covs_std = symmetrize(g[:, None] @ Om[None] @ np.swapaxes(g, -1, -2)[:, None])
+    cell_kl = _standard_cell_kl(means_std, covs_std, mu_std, S_std)
+    pi_all = original.class_priors
+    prior_kl = np.sum(priors * (np.log(priors) - np.log(pi_all)), axis=1)
+    w = original.group_weights
+    total = float(w @ (prior_kl + cell_kl @ priors))
+    L, c = frame.L, frame.c
+    means = np.einsum("ade,ake->akd", L, means_std) + c[:, None, :]
+    covs = symmetrize(L[:, None] @ covs_std @ np.swapaxes(L, -1, -2)[:, None])
+    G = np.empty((m, d, d))
+    t = np.empty((m, d))
+    for a in range(m):
+        G[a], t[a] = frame.unmap(a, gauge, g[a], tau[a])
+    ref_means = c[gauge] + nu @ L[gauge].T
+    ref_covs = symmetrize(L[gauge] @ Om @ L[gauge].T)
+    if reference_group is not None:
+        # The kept group's law is the original's, exactly.
+        means[gauge] = original.means[gauge]
+        covs[gauge] = original.covariances[gauge]
+        ref_means = np.array(original.means[gauge])
+        ref_covs = np.array(original.covariances[gauge])
+    G[gauge], t[gauge] = np.eye(d), np.zeros(d)
+    ideal = original.with_params(w[:, None] * priors[None, :], means, covs)
+    return Solution(
+        ideal=ideal,
+        method=method,
+        reference_priors=np.asarray(priors, dtype=np.float64),
+        reference_means=ref_means,
+        reference_covariances=ref_covs,
+        G=G,
+        t=t,
+        kl=total,
+        cell_kl=cell_kl,
+        prior_kl=prior_kl,
+        reference_group=reference_group,
+        diagnostics=dict(diagnostics or {}),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -291,3 +373,70 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def solution_from_reduction(
+    original: GaussianModel,
+    red: Any,
+    method: str,
+    priors: Array,
+    nu: Array,
+    Om: Array,
+    g: Array,
+    tau: Array,
+    cell_kl: Array,
+    *,
+    gauge: int,
+    reference_group: Hashable | None = None,
+    diagnostics: dict[str, Any] | None = None,
+) -> Solution:
+    """A shared-covariance solution found in the reduced space, lifted with low-rank updates.
+
+    ``red`` is a :class:`fairsteer.solve._frame.SharedReduction`; ``nu`` (K, q)
+    and ``Om`` (q, q) the reference in the reduced, standardised coordinates of
+    group ``gauge`` (whose map is the identity); ``g`` (m, q, q), ``tau``
+    (m, q) the reduced maps and ``cell_kl`` their cell KLs (exact: the
+    orthogonal complement of the span contributes zero). Costs one triangular
+    solve of d x d per group plus O(d^2 q) updates: no d^3 work per class.
+    """
+    m, K, d = original.means.shape
+    pi_all = original.class_priors
+    prior_kl = np.sum(priors * (np.log(priors) - np.log(pi_all)), axis=1)
+    w = original.group_weights
+    total = float(w @ (prior_kl + cell_kl @ priors))
+    G = np.empty((m, d, d))
+    t = np.empty((m, d))
+    means = np.empty((m, K, d))
+    covs = np.empty((m, d, d))
+    L, c, Q = red.frame.L, red.frame.c, red.Q
+    for a in range(m):
+        S_a = original.covariances[a, 0]
+        if a == gauge:
+            G[a], t[a] = np.eye(d), np.zeros(d)
+        else:
+            G[a] = red.lift_linear(a, gauge, g[a])
+            t[a] = c[a] + L[a] @ (Q @ tau[a]) - G[a] @ c[gauge]
+        means[a] = red.lift_mean(a, nu @ g[a].T + tau[a])
+        covs[a] = red.lift_covariance(a, S_a, g[a] @ Om @ g[a].T)
+    ref_means = red.lift_mean(gauge, nu)
+    ref_cov = red.lift_covariance(gauge, original.covariances[gauge, 0], Om)
+    if reference_group is not None:
+        means[gauge], covs[gauge] = original.means[gauge], original.covariances[gauge, 0]
+        ref_means, ref_cov = np.array(original.means[gauge]), original.covariances[gauge, 0]
+    ideal = original.with_params(
+        w[:, None] * priors[None, :], means, np.broadcast_to(covs[:, None], (m, K, d, d))
+    )
+    return Solution(
+        ideal=ideal,
+        method=method,
+        reference_priors=np.asarray(priors, dtype=np.float64),
+        reference_means=ref_means,
+        reference_covariances=np.broadcast_to(ref_cov, (K, d, d)),
+        G=G,
+        t=t,
+        kl=total,
+        cell_kl=cell_kl,
+        prior_kl=prior_kl,
+        reference_group=reference_group,
+        diagnostics=dict(diagnostics or {}),
+    )
