@@ -534,7 +534,14 @@ def best_map(
 
 
 def polish_map(
-    pi: Array, nu: Array, Om: Array, mu: Array, S: Array, G0: Array, *, gtol: float = GTOL,
+    pi: Array,
+    nu: Array,
+    Om: Array,
+    mu: Array,
+    S: Array,
+    G0: Array,
+    *,
+    gtol: float = GTOL,
     max_iter: int = MAX_ITER,
 ) -> MapResult:
     """Newton from one warm start only (the per-class map block of all subgroups)."""

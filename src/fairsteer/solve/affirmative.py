@@ -197,7 +197,7 @@ def per_class_reference(
     ``pi`` are the reference priors, ``mu`` (m, K, d) and ``S`` (m, K, d, d) the
     standardised model.
     """
-    m, K, d = mu.shape
+    m, _K, d = mu.shape
     rng = np.random.default_rng(seed)
     g = np.empty((m, d, d))
     tau = np.empty((m, d))

@@ -46,7 +46,9 @@ class _State:
         self.pi, self.nu, self.Om, self.g, self.tau = pi, nu, Om, g, tau
 
     def copy(self) -> _State:
-        return _State(self.pi.copy(), self.nu.copy(), self.Om.copy(), self.g.copy(), self.tau.copy())
+        return _State(
+            self.pi.copy(), self.nu.copy(), self.Om.copy(), self.g.copy(), self.tau.copy()
+        )
 
     def fix_gauge(self) -> None:
         """Re-express the reference in group 0's coordinates (g_0 = I, tau_0 = 0)."""
@@ -72,7 +74,7 @@ class _Problem:
         self.logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
 
     def cell_kl(self, s: _State) -> Array:
-        m, K, d = self.mu.shape
+        _m, K, d = self.mu.shape
         Om = np.broadcast_to(s.Om, (K, d, d))
         Sig = s.g[:, None] @ Om[None] @ np.swapaxes(s.g, -1, -2)[:, None]
         r = self.mu - s.nu @ np.swapaxes(s.g, -1, -2) - s.tau[:, None]
@@ -147,7 +149,7 @@ def _per_class(
     mu = frame.means(np.asarray(model.means))
     S = frame.covariances(np.asarray(model.covariances))
     prob = _Problem(model, mu, S)
-    m, K, d = mu.shape
+    m, K, _d = mu.shape
     rng = np.random.default_rng(seed)
     starts = []
     for r in range(m):
@@ -203,7 +205,7 @@ def _per_class(
 
 def _shared_sweep(red: SharedReduction, s: _State, w: Array, logpi: Array) -> Array:
     """One block-coordinate sweep in the reduced space; returns the cell KLs."""
-    m, K, q = red.y.shape
+    m, _K, q = red.y.shape
     eye = np.eye(q)
     nbar = s.pi @ s.nu
     dn = s.nu - nbar
@@ -275,7 +277,8 @@ def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol:
             st.pi = np.exp(score - logsumexp(score))
             grad = 0.0
         else:
-            for sweeps in range(1, max_iter + 1):
+            for sweep in range(1, max_iter + 1):
+                sweeps = sweep
                 cell_kl = _shared_sweep(red, st, w, logpi)
                 grad = _shared_grad(red, st)
                 if grad <= gtol:
