@@ -50,7 +50,7 @@ import numpy as np
 
 __all__ = ["ByteTokenizer", "load_lm", "register", "run_generation", "tiny_lm"]
 
-DEFAULT_ALPHAS = (0.5, 1.0, 2.0, 4.0)
+DEFAULT_ALPHAS = (1.0, 2.0, 4.0)
 METHOD_LABELS = {
     "pooled-vector": "pooled vector (ActAdd/CAA)",
     "group-vectors": "per-group vectors",
@@ -233,8 +233,13 @@ def _generate(
         with torch.no_grad():  # fluency under the unsteered model
             mask = torch.cat([enc["attention_mask"], valid], dim=1)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = net(input_ids=out, attention_mask=mask, position_ids=pos).logits
-            logp = torch.log_softmax(logits[:, P - 1 : -1].float(), dim=-1)
+            kw = dict(input_ids=out, attention_mask=mask, position_ids=pos)
+            if hasattr(net, "lm_head") and hasattr(net, "model"):  # head on new positions only
+                hidden = net.model(**kw).last_hidden_state[:, P - 1 : -1]
+                logits = net.lm_head(hidden)
+            else:
+                logits = net(**kw).logits[:, P - 1 : -1]
+            logp = torch.log_softmax(logits.float(), dim=-1)
             nll = -logp.gather(-1, new[..., None])[..., 0]
         for i in range(new.shape[0]):
             L = int(valid[i].sum())
@@ -430,11 +435,11 @@ def run_generation(
     *,
     model: str = "smollm2",
     alphas: Sequence[float] = DEFAULT_ALPHAS,
-    n_prompts: int = 16,
+    n_prompts: int = 12,
     seeds: Sequence[int] = (0, 1, 2),
     layer: int | None = None,
-    max_new_tokens: int = 40,
-    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    batch_size: int = 24,
     threshold: float = 0.5,
     methods: Sequence[str] | None = None,
     cache_dir: str | None = ".fairsteer-cache",
@@ -643,7 +648,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.quick:
         kwargs: dict[str, Any] = dict(n_prompts=2, seeds=(0,), alphas=(1.0,), max_new_tokens=8)
     else:
-        kwargs = dict(n_prompts=16, seeds=(0, 1, 2), alphas=DEFAULT_ALPHAS, max_new_tokens=40)
+        kwargs = dict(n_prompts=12, seeds=(0, 1, 2), alphas=DEFAULT_ALPHAS, max_new_tokens=32)
     given = dict(n_prompts=args.n_prompts, seeds=args.seeds, alphas=args.alpha,
                  max_new_tokens=args.max_new_tokens)  # fmt: skip
     kwargs.update({k: tuple(v) if isinstance(v, list) else v
@@ -673,14 +678,14 @@ def register(experiments: Any) -> None:
     p.add_argument("--alpha", type=float, nargs="+", default=None,
                    help=f"strengths (default {' '.join(map(str, DEFAULT_ALPHAS))})")  # fmt: skip
     p.add_argument("--n-prompts", type=int, default=None,
-                   help="prompts per group to fit and to evaluate (default 16)")  # fmt: skip
+                   help="prompts per group to fit and to evaluate (default 12)")  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 40")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 32")
     p.add_argument("--quick", action="store_true",
                    help="2 prompts per group, seed 0, alpha 1, 8 new tokens")  # fmt: skip
     p.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     p.add_argument("--layer", type=int, default=None, help="decoder block (default: middle)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--threshold", type=float, default=0.5, help="VADER success threshold")
     p.add_argument("--cache-dir", default=".fairsteer-cache")
     p.add_argument("--json", action="store_true")
