@@ -26,7 +26,7 @@ def add_parser(sub: Any) -> None:
     """Register ``experiment`` with one subcommand per experiment."""
     from fairsteer.experiments import tabular
 
-    p = sub.add_parser("experiment", help="experiments on real data (adult, compas, bug, generation)")
+    p = sub.add_parser("experiment", help="experiments on real data and models")
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     tabular.register(experiments)
     try:
