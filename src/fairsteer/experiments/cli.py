@@ -26,11 +26,12 @@ def add_parser(sub: Any) -> None:
     """Register ``experiment`` with one subcommand per experiment."""
     from fairsteer.experiments import tabular
 
-    p = sub.add_parser("experiment", help="experiments on real data (adult, compas, bug)")
+    p = sub.add_parser("experiment", help="experiments on real data and models")
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     tabular.register(experiments)
     try:
-        from fairsteer.experiments import bug
+        from fairsteer.experiments import bug, generation
     except ImportError:  # the torch extra is not installed
         return
     bug.register(experiments)
+    generation.register(experiments)
