@@ -16,7 +16,7 @@ from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 from fairsteer.stats import encode_labels
 
-__all__ = ["bayes_predict", "group_codes", "log_joint", "posterior"]
+__all__ = ["bayes_predict", "class_logits", "group_codes", "log_joint", "posterior"]
 
 Array = NDArray[np.float64]
 
@@ -60,13 +60,50 @@ def log_joint(model: GaussianModel, Z: ArrayLike, codes: ArrayLike) -> Array:
     return out
 
 
+def class_logits(model: GaussianModel, Z: ArrayLike, codes: ArrayLike) -> Array:
+    r"""The log joint up to a term that depends on the row only: enough for posteriors.
+
+    Shared covariance (LDA) the class-dependent part is linear in z,
+
+    .. math::
+
+        \eta_i(z, a) = \ln q_{a,i} + z^T S_a^{-1} \mu_{a,i}
+                       - \tfrac12 \mu_{a,i}^T S_a^{-1} \mu_{a,i},
+
+    one (n x d) by (d x K) product per group and no squares of z (so rows of
+    any finite size give finite logits). Per-class covariances: the full
+    :func:`log_joint`.
+    """
+    if not model.shared_covariance:
+        return log_joint(model, Z, codes)
+    Z = np.asarray(Z, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.intp)
+    out = np.empty((Z.shape[0], model.n_classes))
+    for a in range(model.n_groups):
+        rows = np.flatnonzero(codes == a)
+        if rows.size == 0:
+            continue
+        W, b = _lda_weights(model, a)
+        out[rows] = Z[rows] @ W + b
+    return out
+
+
+def _lda_weights(model: GaussianModel, a: int) -> tuple[Array, Array]:
+    """(W, b) with eta = z W + b for group a of a shared-covariance model."""
+    L = np.linalg.cholesky(model.covariances[a, 0])
+    half = np.linalg.solve(L, model.means[a].T)  # L^-1 mu_i, (d, K)
+    W = np.linalg.solve(L.T, half)  # S^-1 mu_i
+    b = np.log(model.priors[a]) - 0.5 * np.sum(half**2, axis=0)
+    return W, b
+
+
 def posterior(model: GaussianModel, X: ArrayLike, groups: ArrayLike) -> Array:
     """P(Y=i | x, a) for every row, shape (n, K).
 
     ``X`` is on the data scale (log-normal columns are logged here).
     """
     Z = model.to_log_space(X)
-    lj = log_joint(model, Z, group_codes(model, groups))
+    lj = class_logits(model, Z, group_codes(model, groups))
     return np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
 
 

@@ -193,13 +193,38 @@ def gaussian_ot_matrix(S_source: ArrayLike, S_target: ArrayLike) -> Array:
 
     .. math:: A = S^{-1/2} (S^{1/2} \tilde S S^{1/2})^{1/2} S^{-1/2}
 
-    (THEORY section 5). ``A`` is symmetric positive definite and
-    :math:`A S A = \tilde S`.
+    (THEORY section 5): the unique symmetric positive definite solution of
+    :math:`A S A = \tilde S`. It is computed from a Cholesky factor
+    :math:`S = L L^T` as :math:`A = L^{-T} (L^T \tilde S L)^{1/2} L^{-1}`
+    (the same matrix: it is SPD and :math:`A S A = L^{-T} (L^T \tilde S L) L^{-1}
+    = \tilde S`), after dividing both covariances by one common scalar, which
+    leaves A unchanged and keeps features in units of 10^150 from
+    overflowing. Broadcasts over leading dimensions.
+
+    Raises
+    ------
+    InputError
+        If ``S_source`` is not positive definite.
     """
-    root = sqrtm_psd(S_source)
-    inv_root = inv_sqrtm_spd(S_source)
-    middle = sqrtm_psd(root @ symmetrize(S_target) @ root)
-    return symmetrize(inv_root @ middle @ inv_root)
+    S = symmetrize(S_source)
+    T = symmetrize(S_target)
+    scale = np.trace(S, axis1=-2, axis2=-1)[..., None, None] / S.shape[-1]
+    scale = np.where(scale > 0, scale, 1.0)
+    S, T = S / scale, T / scale
+    try:
+        L = np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        raise InputError(
+            "a covariance matrix is not positive definite; fit with shrinkage "
+            "or more samples per (group, class) cell"
+        ) from None
+    from scipy.linalg import solve_triangular
+
+    Lt = np.swapaxes(L, -1, -2)
+    middle = sqrtm_psd(Lt @ T @ L)
+    eye = np.broadcast_to(np.eye(S.shape[-1]), S.shape)
+    L_inv = solve_triangular(L, eye, lower=True) if S.ndim == 2 else np.linalg.solve(L, eye)
+    return symmetrize(np.swapaxes(L_inv, -1, -2) @ middle @ L_inv)
 
 
 def tv_bound_from_kl(kl: ArrayLike) -> Array:

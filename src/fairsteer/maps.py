@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fairsteer.bayes import group_codes, log_joint
+from fairsteer.bayes import class_logits, group_codes
 from fairsteer.errors import InputError
 from fairsteer.linalg import gaussian_ot_matrix, is_class_shared
 from fairsteer.model import GaussianModel
@@ -92,14 +92,33 @@ class SteeringMaps:
             raise InputError(f"X has {n} rows but y has {c.size}")
         return c, g
 
+    @property
+    def shared(self) -> bool:
+        """True when every class of a group shares its linear part A (shared covariance)."""
+        return is_class_shared(self.A)
+
+    def _linear_shift(self, a: int, inverse: bool) -> tuple[Array, Array]:
+        """Group a's maps as z -> z A^T + shift[i]: (A, shift) with shift (K, d)."""
+        src, dst = (self.ideal, self.original) if inverse else (self.original, self.ideal)
+        A = np.linalg.inv(self.A[a, 0]) if inverse else self.A[a, 0]
+        return A, dst.means[a] - src.means[a] @ A.T
+
     def _cell_apply(
         self, Z: Array, c: NDArray[np.intp], g: NDArray[np.intp], inverse: bool = False
     ) -> Array:
         out = np.empty_like(Z)
         src, dst = (self.ideal, self.original) if inverse else (self.original, self.ideal)
         for a in range(self.original.n_groups):
+            in_group = np.flatnonzero(g == a)
+            if in_group.size == 0:
+                continue
+            if self.shared:
+                # One GEMM per group: every class shares A, only the shift differs.
+                A, shift = self._linear_shift(a, inverse)
+                out[in_group] = Z[in_group] @ A.T + shift[c[in_group]]
+                continue
             for i in range(self.original.n_classes):
-                rows = np.flatnonzero((g == a) & (c == i))
+                rows = in_group[c[in_group] == i]
                 if rows.size == 0:
                     continue
                 A = np.linalg.inv(self.A[a, i]) if inverse else self.A[a, i]
@@ -145,13 +164,22 @@ class SteeringMaps:
         c, g = self._codes(y_pred, groups, Z.shape[0])
         if mode == "none":
             return self.original.from_log_space(Z)
-        lj = log_joint(self.original, Z, g)
+        lj = class_logits(self.original, Z, g)
         if mode == "hard":
             if c is None:
                 c = np.argmax(lj, axis=1)
             return self.original.from_log_space(self._cell_apply(Z, c, g))
         post = np.exp(lj - lj.max(axis=1, keepdims=True))
         post /= post.sum(axis=1, keepdims=True)
+        if self.shared:
+            # sum_i p_i (z A^T + shift_i) = z A^T + p @ shift: one GEMM per group.
+            out = np.empty_like(Z)
+            for a in range(self.original.n_groups):
+                rows = np.flatnonzero(g == a)
+                if rows.size:
+                    A, shift = self._linear_shift(a, inverse=False)
+                    out[rows] = Z[rows] @ A.T + post[rows] @ shift
+            return self.original.from_log_space(out)
         out = np.zeros_like(Z)
         for i in range(self.original.n_classes):
             out += post[:, i : i + 1] * self._cell_apply(Z, np.full(Z.shape[0], i), g)
