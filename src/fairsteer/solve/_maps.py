@@ -49,6 +49,7 @@ GTOL = 1e-7
 MAX_ITER = 1000  # trust-region iterations for a refined start
 SCREEN_ITER = 15  # iterations per start before the best are refined
 REFINE = 2  # starts refined to convergence
+EIGEN_STARTS = 8  # covariant eigenvector-alignment starts screened (lowest f first)
 ZERO_KL = 1e-14  # a start this close to KL = 0 is a global minimum (KL >= 0)
 
 
@@ -137,6 +138,24 @@ def _complement_map(U: Array, V: Array) -> Array:
     U_perp = np.linalg.qr(U, mode="complete")[0][:, k:]
     V_perp = np.linalg.qr(V, mode="complete")[0][:, k:]
     return U_perp @ V_perp.T
+
+
+def _sign_patterns(best: Array) -> list[Array]:
+    """``best`` first, then all patterns (d <= 6) or all single flips (d <= 24)."""
+    d = best.size
+    out = [best]
+    if d <= 6:
+        import itertools
+
+        out += [
+            np.array(p) for p in itertools.product((-1.0, 1.0), repeat=d) if not np.all(p == best)
+        ]
+    elif d <= 24:
+        for j in range(d):
+            flip = best.copy()
+            flip[j] = -flip[j]
+            out.append(flip)
+    return out
 
 
 def _orthogonal_factor(L: Array) -> Array:
@@ -264,32 +283,43 @@ class MapBlock:
         )
         return G
 
-    def eigen_start(self) -> Array:
-        r"""Align the generalised eigenvectors of reference and group (exact if equivalent).
+    def eigen_starts(self) -> list[Array]:
+        r"""Align generalised eigenvectors of reference and group (exact if equivalent).
 
-        With pooled within-class covariances :math:`W_r, W_t` and probe matrices
-        :math:`B = \sum_i c_i (\Omega_i + \nu_i \nu_i^T)` (fixed distinct weights
-        c_i), the pencils (B_r, W_r) and (B_t, W_t) have eigenvectors V, U
-        normalised by V^T W_r V = I = U^T W_t U. If group = g(reference) exactly,
-        U = g^-T V D for a sign matrix D, hence g = W_t U D V^T; the signs are
-        chosen to match the class means. The construction is covariant under
-        per-group affine maps, so an ideal model is recovered exactly.
+        With pooled within-class covariances :math:`W_r, W_t` and probe
+        matrices :math:`B = \sum_i c_i \pi_i (\Omega_i + f \nu_i \nu_i^T)`, the
+        pencils (B_r, W_r) and (B_t, W_t) have eigenvectors V, U normalised by
+        V^T W_r V = I = U^T W_t U. If group = g(reference) exactly,
+        U = g^-T V D for a sign matrix D, hence g = W_t U D V^T. The
+        construction is covariant under per-group affine maps (so an ideal model
+        is recovered exactly, and the starts do not depend on units). Probes:
+        class weights c = 1 + i/K and 1 + 4 e_k, with and without the means
+        (f = 1, 0). Signs: the pattern that best matches the class means first,
+        then every pattern for d <= 6, every single flip for d <= 24. Local
+        minima of f are largely such sign and axis choices, so these covariant
+        starts find the global minimum where random rotations do not.
         """
         from scipy.linalg import eigh
 
-        c = 1.0 + np.arange(self.K) / self.K
+        K, _d = self.K, self.d
         Wr = np.einsum("k,kde->de", self.pi, self.Om)
         Wt = np.einsum("k,kde->de", self.pi, self.S_std)
-        Br = np.einsum("k,kde->de", c * self.pi, self.Om + self.nu[:, :, None] * self.nu[:, None])
-        Bt = np.einsum(
-            "k,kde->de", c * self.pi, self.S_std + self.mu[:, :, None] * self.mu[:, None]
-        )
-        _, V = eigh(symmetrize(Br), symmetrize(Wr))
-        _, U = eigh(symmetrize(Bt), symmetrize(Wt))
-        alpha = self.nu @ Wr @ V  # coordinates of the centred means in the eigenbasis
-        beta = self.mu @ Wt @ U
-        signs = np.where(self.pi @ (alpha * beta) < 0, -1.0, 1.0)
-        return Wt @ (U * signs) @ V.T
+        probes = [1.0 + np.arange(K) / K] + [1.0 + 4.0 * np.eye(K)[k] for k in range(K)]
+        outer_r = self.nu[:, :, None] * self.nu[:, None]
+        outer_t = self.mu[:, :, None] * self.mu[:, None]
+        out: list[Array] = []
+        for f in (1.0, 0.0):
+            for c in probes:
+                Br = np.einsum("k,kde->de", c * self.pi, self.Om + f * outer_r)
+                Bt = np.einsum("k,kde->de", c * self.pi, self.S_std + f * outer_t)
+                _, V = eigh(symmetrize(Br), symmetrize(Wr))
+                _, U = eigh(symmetrize(Bt), symmetrize(Wt))
+                alpha = self.nu @ Wr @ V  # centred means in the eigenbases
+                beta = self.mu @ Wt @ U
+                best = np.where(self.pi @ (alpha * beta) < 0, -1.0, 1.0)
+                for signs in _sign_patterns(best):
+                    out.append(Wt @ (U * signs) @ V.T)
+        return out
 
     def spd_start(self, max_iter: int = MAX_ITER) -> tuple[Array, float]:
         """Global optimum of the convex restriction to symmetric positive definite maps.
@@ -475,7 +505,8 @@ def best_map(
     """argmin f over invertible G for per-class covariances: a multi-start Newton search.
 
     Starts (all in standardised coordinates): the pooled-covariance closed
-    form, the generalised-eigenvector alignment (exact for an equivalent pair),
+    form, the generalised-eigenvector alignments (exact for an equivalent
+    pair; several probes and sign patterns, the ``EIGEN_STARTS`` lowest kept),
     the global optimum of the convex SPD restriction (so the result is never
     worse than that restriction), each reflected along its weakest singular
     direction (the other component of GL(d)), ``warm`` if given (a G in the
@@ -484,12 +515,24 @@ def best_map(
     """
     block = MapBlock(pi, nu, Om, mu, S)
     d = block.d
-    starts = [block.eigen_start(), block.pooled_start()]
+    eigen = block.eigen_starts()
+    first = [eigen[0], block.pooled_start()]
     if warm is not None:
-        starts.insert(0, block.to_standard(warm))
+        first.insert(0, block.to_standard(warm))
+    for g0 in first:
+        # An (almost) equivalent pair is solved exactly by the eigenvector
+        # alignment; KL >= 0, so a start at ~0 is a global minimum.
+        value, grad = block.value_grad(g0)
+        if value <= ZERO_KL and grad is not None and np.linalg.norm(grad) <= gtol:
+            G, t = block.to_original(g0)
+            gnorm = float(np.linalg.norm(grad))
+            return MapResult(G, t, value, gnorm, True, 0, 1, [value])
+    # The covariant eigenvector starts with the lowest f join the others.
+    eigen_values = np.array([block.value_grad(g)[0] for g in eigen[1:]])
+    starts = first + [eigen[1 + k] for k in np.argsort(eigen_values)[:EIGEN_STARTS]]
     spd, spd_value = block.spd_start(max_iter)
     starts.append(spd)
-    for g in list(starts):
+    for g in [*first, spd]:
         U, s, Vt = np.linalg.svd(g)
         starts.append((U * np.r_[s[:-1], -s[-1]]) @ Vt)
     values = [block.value_grad(g)[0] for g in starts]
