@@ -75,7 +75,7 @@ def random_affine(model, seed):
     would lose their information in float64, in any solver.)
     """
     rng = np.random.default_rng(seed)
-    m, K, d = model.means.shape
+    m, _K, d = model.means.shape
     means = np.empty_like(model.means)
     covs = np.empty(model.covariances.shape)
     for a in range(m):
