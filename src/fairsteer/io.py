@@ -724,6 +724,7 @@ class TableSource:
                 if reader.schema.names != self.names:
                     break  # pyarrow reads the header differently: let csv decide
                 seen = 0
+                cr = self._has_cr()
                 for batch in reader:
                     n = batch.num_rows
                     if seen + n <= done:  # already yielded before a restart
@@ -733,6 +734,11 @@ class TableSource:
                         batch = batch.slice(done - seen)
                     seen += n
                     cols = {name: batch.column(j) for j, name in enumerate(self.names)}
+                    if cr and any(_has_substring(c, "\r") for c in cols.values()):
+                        # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
+                        # boundary splits: cells with a CR are read by csv instead.
+                        yield from self._stdlib_chunks(done)
+                        return
                     yield Chunk(self, done, batch.num_rows, cols)
                     done += batch.num_rows
                 return
@@ -742,6 +748,16 @@ class TableSource:
                     continue
                 break
         yield from self._stdlib_chunks(done)
+
+    def _has_cr(self) -> bool:
+        """Whether the file holds a carriage return anywhere (one fast scan)."""
+        import mmap
+
+        with open(self.path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return False
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                return mm.find(b"\r") >= 0
 
     def line_of(self, row: int) -> int | None:
         """File line (1-based) on which data row ``row`` (0-based) ends; for messages."""
@@ -759,6 +775,11 @@ class TableSource:
         except (OSError, UnicodeDecodeError, csv.Error):
             return None
         return None
+
+
+def _has_substring(col: Any, text: str) -> bool:
+    pc = _pyarrow_compute()
+    return bool(pc.any(pc.match_substring(col, text)).as_py())
 
 
 def open_table(path: str | os.PathLike[str], engine: str | None = None) -> TableSource:
