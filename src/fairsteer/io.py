@@ -384,7 +384,7 @@ class Chunk:
             return np.asarray(col, dtype=object)
         if self.source.kind == "csv":
             return np.asarray(col.to_pylist(), dtype=object)
-        return np.asarray(col.to_numpy(zero_copy_only=False))
+        return np.asarray(_numpy(col))
 
     def _fast_floats(self, name: str) -> NDArray[np.float64] | None:
         """pyarrow's parse of a CSV text column, or None where Python must decide."""
@@ -398,7 +398,7 @@ class Chunk:
             values = pc.cast(col, pa.float64())
         except pa.ArrowInvalid:
             return None
-        return values.to_numpy(zero_copy_only=False)
+        return _numpy(values)
 
     def floats(self, names: Sequence[str]) -> NDArray[np.float64]:
         """Columns as a float64 matrix (n_rows, len(names)).
@@ -547,14 +547,14 @@ class LabelCoder:
             return list(seen), local
         if self.source.kind == "csv":
             enc = _pyarrow_compute().dictionary_encode(col)
-            return enc.dictionary.to_pylist(), enc.indices.to_numpy().astype(np.intp)
+            return enc.dictionary.to_pylist(), _numpy(enc.indices).astype(np.intp)
         # Parquet (no nulls): the values as numpy gives them, as Table.labels.
         pa, pc = _pyarrow(), _pyarrow_compute()
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
         enc = pc.dictionary_encode(col)
-        values = np.asarray(enc.dictionary.to_numpy(zero_copy_only=False))
-        return [_py_value(v) for v in values], enc.indices.to_numpy().astype(np.intp)
+        values = np.asarray(_numpy(enc.dictionary))
+        return [_py_value(v) for v in values], _numpy(enc.indices).astype(np.intp)
 
     def sorted_labels(self) -> tuple[Hashable, ...]:
         """The labels in sorted order (the order of a one-shot fit)."""
@@ -817,21 +817,55 @@ def format_floats(values: NDArray[np.float64]) -> Any:
     """
     pa, pc = _pyarrow(), _pyarrow_compute()
     x = np.ascontiguousarray(values, dtype=np.float64)
-    text = pc.cast(pa.array(x), pa.string())
+    text = pc.cast(_arrow(x), pa.string())
     a = np.abs(x)
     fixed = (a == 0) | ((a >= 1e-4) & (a < 1e16))
-    has_e = pc.match_substring(text, "e").to_numpy(zero_copy_only=False)
-    no_dot = ~pc.match_substring(text, ".").to_numpy(zero_copy_only=False)
+    has_e = _numpy(pc.match_substring(text, "e"))
+    no_dot = ~_numpy(pc.match_substring(text, "."))
     add = fixed & ~has_e & no_dot
     if add.any():
-        text = pc.if_else(pa.array(add), pc.binary_join_element_wise(text, ".0", ""), text)
+        text = pc.if_else(_arrow(add), pc.binary_join_element_wise(text, ".0", ""), text)
     slow = np.flatnonzero(~fixed | has_e)
     if slow.size:
         idx = np.arange(x.size)
         idx[slow] = x.size + np.arange(slow.size)
         extra = pa.array([repr(float(v)) for v in x[slow]], pa.string())
-        text = pa.concat_arrays([text, extra]).take(pa.array(idx))
+        text = pa.concat_arrays([text, extra]).take(_arrow(idx))
     return text
+
+
+def _arrow(x: NDArray[Any]) -> Any:
+    """A pyarrow array viewing a 1-D float64, int64 or bool numpy array.
+
+    ``pyarrow.array`` would first import pandas to ask whether ``x`` is a
+    pandas object: 0.3 s of a short command.
+    """
+    pa = _pyarrow()
+    if x.dtype == np.bool_:
+        bits = np.packbits(x, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), x.size, [None, pa.py_buffer(bits)])
+    kind = {np.dtype(np.float64): pa.float64(), np.dtype(np.int64): pa.int64()}[x.dtype]
+    x = np.ascontiguousarray(x)
+    return pa.Array.from_buffers(kind, x.size, [None, pa.py_buffer(x)])
+
+
+def _numpy(arr: Any) -> NDArray[Any]:
+    """A pyarrow array without nulls as numpy (bool, int and float types), without pandas.
+
+    ``Array.to_numpy`` imports pandas on its first call (0.3 s); the buffers
+    of a primitive array are read directly instead.
+    """
+    pa = _pyarrow()
+    t = arr.type
+    if arr.null_count == 0 and pa.types.is_boolean(t):
+        bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[arr.offset : arr.offset + len(arr)].view(
+            np.bool_
+        )
+    if arr.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        dtype = np.dtype(t.to_pandas_dtype())
+        return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset : arr.offset + len(arr)]
+    return arr.to_numpy(zero_copy_only=False)
 
 
 def _quote(col: Any) -> Any:
@@ -914,7 +948,7 @@ class TableWriter:
         arrays = []
         for name in self.names:
             if name in replaced:
-                arrays.append(pa.array(replaced[name], pa.float64()))
+                arrays.append(_arrow(np.asarray(replaced[name], dtype=np.float64)))
             elif isinstance(chunk.columns[name], list):
                 arrays.append(pa.array(chunk.columns[name], pa.string()))
             else:

@@ -70,6 +70,9 @@ def encode_labels(
             ) from None
         return tuple(_py(u) for u in uniq), codes.reshape(-1).astype(np.intp)
     labels = tuple(_py(label) for label in labels)
+    codes = _encode_by_search(arr, labels)
+    if codes is not None:
+        return labels, codes
     lookup = {label: k for k, label in enumerate(labels)}
     lookup.update({str(label): k for k, label in enumerate(labels)})
     try:
@@ -82,6 +85,34 @@ def encode_labels(
     except TypeError:  # an unhashable label
         raise InputError(f"{what} labels must be strings or numbers") from None
     return labels, codes
+
+
+def _encode_by_search(arr: NDArray[Any], labels: tuple[Hashable, ...]) -> NDArray[np.intp] | None:
+    """Codes of a numpy string or integer array by binary search, or None.
+
+    The vectorised twin of the dictionary lookup of :func:`encode_labels` for
+    the common case (numpy strings and string labels, or numpy integers and
+    integer labels) where every value is a label; anything else (an unknown
+    label, ``"1"`` for label ``1``, object arrays) is left to the lookup, which
+    gives the same codes or the error message.
+    """
+    if not labels or arr.size == 0:
+        return None
+    if arr.dtype.kind == "U" and all(type(v) is str for v in labels):
+        ref = np.array(labels, dtype=str)
+    elif arr.dtype.kind == "i" and all(type(v) is int for v in labels):
+        try:
+            ref = np.array(labels, dtype=np.int64)
+        except OverflowError:
+            return None
+    else:
+        return None
+    order = np.argsort(ref, kind="stable")
+    ordered = ref[order]
+    pos = np.minimum(np.searchsorted(ordered, arr), ordered.size - 1)
+    if not np.array_equal(ordered[pos], arr):
+        return None
+    return order[pos].astype(np.intp)
 
 
 def label_array(values: ArrayLike, what: str) -> NDArray[Any]:
