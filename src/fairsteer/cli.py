@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import re
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,6 +40,18 @@ _API_TO_FLAG = (
     (re.compile(r"covariance='shared'"), "--covariance shared"),
     (re.compile(r"covariance='per-class'"), "--covariance per-class"),
 )
+
+
+def _data_help() -> str:
+    if importlib.util.find_spec("pyarrow") is not None:
+        return "CSV or Parquet file, read in chunks with pyarrow (memory bounded by a chunk)"
+    return (
+        "CSV file, read in chunks through the Python standard library (pyarrow is not "
+        "installed: several times slower, and Parquet needs it: pip install pyarrow)"
+    )
+
+
+_DATA_HELP = _data_help()
 
 
 def _fail(message: str) -> int:
@@ -78,30 +92,130 @@ def check_output(output: str | Path, *inputs: str | Path) -> None:
         raise InputError(f"output folder {out.parent} does not exist")
 
 
-def load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str], Any]:
-    """Table, features, labels and groups named by --group/--label/--features."""
-    from fairsteer.io import read_table
+@dataclass
+class FitPass:
+    """What one streamed pass over the data of ``fit`` or ``steer`` found.
 
-    table = read_table(args.data)
-    table.require([args.group, args.label])
+    Attributes
+    ----------
+    source : fairsteer.io.TableSource
+        The table, to read again (``steer`` writes in a second pass).
+    model : GaussianModel
+        Fitted on every row.
+    features : list of str
+    groups, classes : fairsteer.io.LabelCoder
+        Label codes, consistent across chunks and passes.
+    n_rows : int
+    """
+
+    source: Any
+    model: Any
+    features: list[str]
+    groups: Any
+    classes: Any
+    n_rows: int
+
+
+def _families(family: Sequence[str], d: int) -> tuple[str | tuple[str, ...], Any]:
+    """``--family`` as ``fit_model`` takes it, and the log mask of the features."""
+    import numpy as np
+
+    from fairsteer.model import FAMILIES
+
+    fam = tuple(family)
+    if len(fam) not in (1, d):
+        raise InputError(f"{len(fam)} families given for {d} features; give one per feature")
+    bad = [f for f in fam if f not in FAMILIES]
+    if bad:
+        raise InputError(f"family must be one of {FAMILIES}, got {bad[0]!r}")
+    full = fam * d if len(fam) == 1 else fam
+    mask = np.array([f == "lognormal" for f in full])
+    return (fam[0] if len(set(fam)) == 1 else fam), mask
+
+
+def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
+    """Fit the model named by the data arguments of ``fit`` and ``steer``, chunk by chunk.
+
+    The table is streamed (:func:`fairsteer.io.open_table`): each chunk's
+    features are parsed and checked, mapped to the model scale, and its cell
+    statistics merged into the running total (Chan's exact update), so memory
+    is bounded by a chunk. With the default features (every numeric column but
+    group and label) the numeric columns are decided on the first chunk; a bad
+    cell in any later chunk is an error naming its row.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``data``, ``group``, ``label``, ``features``, ``family``,
+        ``covariance``, ``shrinkage``.
+    reserved : sequence of str
+        Column names the command will add (``steer``'s weight column).
+
+    Raises
+    ------
+    InputError
+        For any bad input, before anything is written.
+    """
+    import numpy as np
+
+    from fairsteer.io import LabelCoder, open_table
+    from fairsteer.model import model_from_stats, to_model_space
+    from fairsteer.stats import FeatureRange, cell_statistics_from_codes
+
+    shrinkage = _shrinkage(args.shrinkage)
+    source = open_table(args.data)
+    source.require([args.group, args.label])
     for name in args.features or ():
         if name in (args.group, args.label):
             raise InputError(f"column {name!r} cannot be both a feature and the group/label")
-    try:
-        features = args.features or table.numeric_names(exclude=(args.group, args.label))
-    except InputError as exc:
-        raise InputError(f"{exc} (list the features to use with --features)") from None
-    if not features:
-        raise InputError("no numeric feature columns found; name them with --features")
-    X = table.numeric(features)
-    y = table.labels(args.label, "class")
-    groups = table.labels(args.group, "group")
-    return table, X, y, features, groups
+    if args.features:
+        source.require(args.features)
+    for name in reserved:
+        if name in source.names:
+            raise InputError(f"column {name!r} already exists; choose another --weight-column")
+    hint = "" if args.features else " (list the features to use with --features)"
+    groups = LabelCoder(source, args.group, "group")
+    classes = LabelCoder(source, args.label, "class")
+    features: list[str] = list(args.features or ())
+    stats = span = family = mask = None
+    n_rows = 0
+    for chunk in source.chunks():
+        try:
+            if stats is None:
+                if not features:
+                    features = chunk.numeric_names(exclude=(args.group, args.label))
+                    if not features:
+                        raise InputError(
+                            "no numeric feature columns found; name them with --features"
+                        )
+                family, mask = _families(args.family, len(features))
+                span = FeatureRange(len(features))
+            X = chunk.floats(features)
+        except InputError as exc:
+            if "--features" in str(exc):
+                raise
+            raise InputError(f"{exc}{hint}") from None
+        c = classes.encode(chunk)
+        g = groups.encode(chunk)
+        Z = to_model_space(X, mask, features)
+        span.update(Z)
+        part = cell_statistics_from_codes(Z, g, c, groups.labels, classes.labels)
+        with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them
+            stats = part if stats is None else stats.merge(part)
+        n_rows += chunk.n_rows
+    if stats is None:
+        raise InputError(source.no_rows_message())
+    span.check(features)
+    stats = stats.aligned(groups.sorted_labels(), classes.sorted_labels())
+    model = model_from_stats(
+        stats, covariance=args.covariance, shrinkage=shrinkage, family=family, features=features
+    )
+    return FitPass(source, model, features, groups, classes, n_rows)
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """--group, --label, --features, --family, --covariance, --shrinkage."""
-    p.add_argument("data", help="CSV or Parquet file")
+    p.add_argument("data", help=_DATA_HELP)
     p.add_argument("--group", required=True, help="column with the sensitive attribute")
     p.add_argument("--label", required=True, help="column with the class label")
     p.add_argument(
@@ -123,24 +237,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def fit_from_args(args: argparse.Namespace) -> tuple[Any, Any, list[str], Any, Any]:
-    """(table, model, features, labels, groups) for the data arguments of ``fit`` and ``steer``."""
-    from fairsteer.model import fit_model
-
-    table, X, y, features, groups = load_data(args)
-    family = args.family[0] if len(args.family) == 1 else tuple(args.family)
-    model = fit_model(
-        X,
-        y,
-        groups,
-        family=family,
-        covariance=args.covariance,
-        shrinkage=_shrinkage(args.shrinkage),
-        features=features,
-    )
-    return table, model, features, y, groups
-
-
 def _shrinkage(value: str | None) -> float | str | None:
     if value is None or value == "oas":
         return value
@@ -154,7 +250,8 @@ def _shrinkage(value: str | None) -> float | str | None:
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     check_output(args.output, args.data)
-    _, model, features, _, _ = fit_from_args(args)
+    fitted = fit_from_args(args)
+    model, features = fitted.model, fitted.features
     model.save(args.output)
     print(
         f"fitted {model.n_groups} groups x {model.n_classes} classes on {len(features)} "

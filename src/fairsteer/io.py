@@ -1,20 +1,38 @@
 """Reading and writing tables for the command line (CSV and Parquet).
 
-CSV goes through the standard library, so the core needs no pandas, and keeps
-every cell's original text: columns that are not steered are written back
-byte-for-byte. Parquet needs pyarrow (imported lazily) and keeps the original
-Arrow columns.
+Two layers:
+
+- :func:`open_table` / :class:`TableSource` stream a file in chunks
+  (:class:`Chunk`) and :class:`TableWriter` writes chunk by chunk into the
+  temporary file of :func:`atomic_output`; this is what ``fit`` and ``steer``
+  use, so their memory is bounded by a chunk, not by the file. CSV goes through
+  pyarrow's streaming reader when pyarrow is installed (every column read as
+  text, the features then parsed as float64) and through the standard library
+  otherwise; Parquet needs pyarrow.
+- :func:`read_table` / :func:`write_table` read and write a whole
+  :class:`Table` at once (small files, the synthetic data generator).
+
+CSV cells keep their original text: the columns that are not steered are
+written back as the standard library's ``csv.writer`` writes their text (the
+same bytes whichever reader and writer run), steered numbers as ``repr`` of
+the float. Parquet keeps the original Arrow types.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import importlib.util
 import io
 import os
-from collections.abc import Sequence
+import signal
+import stat
+import tempfile
+import threading
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,7 +40,27 @@ from numpy.typing import NDArray
 from fairsteer.errors import InputError
 from fairsteer.model import write_atomic
 
-__all__ = ["Table", "read_table", "write_table"]
+__all__ = [
+    "Chunk",
+    "LabelCoder",
+    "Table",
+    "TableSource",
+    "TableWriter",
+    "atomic_output",
+    "format_floats",
+    "open_table",
+    "read_table",
+    "write_table",
+]
+
+# Chunk sizes (tests set them tiny to put chunk boundaries everywhere):
+# pyarrow's CSV reader cuts the file into blocks of CHUNK_BYTES (grown when a
+# single row is longer); the standard-library CSV reader and the Parquet reader
+# take CHUNK_ROWS rows at a time.
+CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 16 << 20))
+CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 17))
+# "auto": pyarrow when importable, else the standard library; "stdlib" forces it.
+CSV_ENGINE = os.environ.get("FAIRSTEER_CSV_ENGINE", "auto")
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -161,19 +199,7 @@ class Table:
         return out
 
     def _bad_cell_message(self, name: str, raw: NDArray[Any]) -> str:
-        kinds = [_cell_kind(v) for v in raw]
-        bad = [k for k, kind in enumerate(kinds) if kind != "finite"]
-        k = bad[0]
-        what = {
-            "missing": "is empty",
-            "nonfinite": f"is NaN or infinite ({_show(raw[k])})",
-            "text": f"holds the non-numeric value {raw[k]!r}",
-        }[kinds[k]]
-        more = f" ({len(bad)} bad cells in all)" if len(bad) > 1 else ""
-        return (
-            f"numeric column {name!r} {self.where(k)} {what}{more}; fix or drop those rows, "
-            "or leave the column out of the features"
-        )
+        return _bad_cell_message(name, raw, self.where, "in all")
 
     def with_columns(self, updates: dict[str, NDArray[np.float64]]) -> Table:
         """A table with numeric columns replaced (same position) or appended."""
@@ -183,6 +209,23 @@ class Table:
             if v.shape != (self.n_rows,):
                 raise InputError(f"column {key!r} must have {self.n_rows} values, got {v.shape}")
         return Table(names, self.columns, self.n_rows, self.kind, replaced, self.lines)
+
+
+def _bad_cell_message(name: str, raw: Any, where: Any, scope: str) -> str:
+    """Name the first cell of ``raw`` that is not a finite number (``where(k)`` places it)."""
+    kinds = [_cell_kind(v) for v in raw]
+    bad = [k for k, kind in enumerate(kinds) if kind != "finite"]
+    k = bad[0]
+    what = {
+        "missing": "is empty",
+        "nonfinite": f"is NaN or infinite ({_show(raw[k])})",
+        "text": f"holds the non-numeric value {raw[k]!r}",
+    }[kinds[k]]
+    more = f" ({len(bad)} bad cells {scope})" if len(bad) > 1 else ""
+    return (
+        f"numeric column {name!r} {where(k)} {what}{more}; fix or drop those rows, "
+        "or leave the column out of the features"
+    )
 
 
 def _cell_kind(v: Any) -> str:
@@ -301,3 +344,737 @@ def _pyarrow_parquet() -> Any:
     import pyarrow.parquet
 
     return pyarrow.parquet
+
+
+def have_pyarrow() -> bool:
+    """Whether pyarrow is installed (without importing it)."""
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+# ------------------------------------------------------------------ streaming
+
+
+@dataclass
+class Chunk:
+    """Consecutive data rows of a table, in file order.
+
+    ``columns[name]`` is a list of cell texts (CSV through the standard
+    library), a pyarrow string array (CSV through pyarrow) or a typed pyarrow
+    array (Parquet). ``start`` is the index of the first row in the file.
+    """
+
+    source: TableSource
+    start: int
+    n_rows: int
+    columns: dict[str, Any]
+    lines: list[int] | None = None
+
+    def where(self, k: int) -> str:
+        """``"row r (line l)"`` of row ``k`` of the chunk (1-based data row, file line for CSV)."""
+        row = self.start + k
+        if self.lines is not None:
+            return f"row {row + 1} (line {self.lines[k]})"
+        line = self.source.line_of(row) if self.source.kind == "csv" else None
+        return f"row {row + 1}" + (f" (line {line})" if line is not None else "")
+
+    def raw(self, name: str) -> NDArray[Any]:
+        """The cells of a column as a numpy array (Python strings for CSV), as :class:`Table`."""
+        col = self.columns[name]
+        if isinstance(col, list):
+            return np.asarray(col, dtype=object)
+        if self.source.kind == "csv":
+            return np.asarray(col.to_pylist(), dtype=object)
+        return np.asarray(_numpy(col))
+
+    def _fast_floats(self, name: str) -> NDArray[np.float64] | None:
+        """pyarrow's parse of a CSV text column, or None where Python must decide."""
+        col = self.columns[name]
+        if isinstance(col, list) or self.source.kind != "csv":
+            return None
+        pa, pc = _pyarrow(), _pyarrow_compute()
+        try:
+            # pyarrow accepts a subset of what float() accepts (not " 1" or "1_000"),
+            # and both round correctly: where it succeeds the values are float()'s.
+            values = pc.cast(col, pa.float64())
+        except pa.ArrowInvalid:
+            return None
+        return _numpy(values)
+
+    def floats(self, names: Sequence[str]) -> NDArray[np.float64]:
+        """Columns as a float64 matrix (n_rows, len(names)).
+
+        Raises
+        ------
+        InputError
+            Naming the column, the row and the value of the first cell that is
+            empty, NaN, infinite or not a number.
+        """
+        out = np.empty((self.n_rows, len(names)))
+        for j, name in enumerate(names):
+            values = self._fast_floats(name)
+            if values is None:
+                raw = self.raw(name)
+                try:
+                    with np.errstate(all="ignore"):
+                        values = raw.astype(np.float64)
+                except (TypeError, ValueError):
+                    raise InputError(self._bad_cell_message(name, raw)) from None
+            out[:, j] = values
+            if not np.all(np.isfinite(out[:, j])):
+                raise InputError(self._bad_cell_message(name, self.raw(name)))
+        return out
+
+    def numeric_names(self, exclude: Sequence[str] = ()) -> list[str]:
+        """The numeric columns of this chunk (the default features), in file order.
+
+        The rule of :meth:`Table.numeric_names`: a column is numeric when at
+        least half of its cells parse as numbers, and then it must be clean.
+
+        Raises
+        ------
+        InputError
+            For a numeric column with a bad cell (column, row and value named).
+        """
+        names = []
+        for name in self.source.names:
+            if name in exclude:
+                continue
+            values = self._fast_floats(name)
+            if values is None:
+                try:
+                    with np.errstate(all="ignore"):
+                        values = self.raw(name).astype(np.float64)
+                except (TypeError, ValueError):
+                    values = None
+            if values is not None and np.all(np.isfinite(values)):
+                names.append(name)
+                continue
+            kinds, counts = self._kind_counts(name)
+            numbers = sum(c for k, c in zip(kinds, counts) if k in ("finite", "nonfinite"))
+            if 2 * numbers >= sum(counts):
+                self.floats([name])  # raises naming the bad cell if there is one
+                names.append(name)
+        return names
+
+    def _kind_counts(self, name: str) -> tuple[list[str], list[int]]:
+        """:func:`_cell_kind` of the distinct cells of a column, with their counts."""
+        col = self.columns[name]
+        if not isinstance(col, list) and self.source.kind == "csv":
+            vc = _pyarrow_compute().value_counts(col)
+            values = vc.field("values").to_pylist()
+            return [_cell_kind(v) for v in values], vc.field("counts").to_pylist()
+        kinds = [_cell_kind(v) for v in self.raw(name)]
+        return kinds, [1] * len(kinds)
+
+    def _bad_cell_message(self, name: str, raw: NDArray[Any]) -> str:
+        last = self.start + self.n_rows
+        return _bad_cell_message(name, raw, self.where, f"in rows {self.start + 1}-{last}")
+
+
+class LabelCoder:
+    """Integer codes of the group or class labels of a table, consistent across chunks.
+
+    Codes follow the order of first appearance in the file; :meth:`sorted_codes`
+    turns them into the sorted label order of a one-shot fit. CSV cells that
+    spell the same number (``1``, ``1.0``) are one label, named by the first
+    spelling in the file, as in :meth:`Table.labels`.
+
+    Parameters
+    ----------
+    source : TableSource
+    name : str
+        Column name.
+    what : str
+        ``"group"`` or ``"class"``, for messages.
+    """
+
+    def __init__(self, source: TableSource, name: str, what: str) -> None:
+        self.source, self.name, self.what = source, name, what
+        self.labels: list[Hashable] = []
+        self._index: dict[Any, int] = {}
+
+    def _key(self, value: Any) -> Any:
+        if self.source.kind != "csv":
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            return ("text", value)
+
+    def encode(self, chunk: Chunk, *, grow: bool = True) -> NDArray[np.intp]:
+        """Code of every row of ``chunk``.
+
+        Raises
+        ------
+        InputError
+            For an empty, null or NaN cell (row named), or, with ``grow=False``,
+            a label not seen before.
+        """
+        col = chunk.columns[self.name]
+        if not isinstance(col, list) and col.null_count:
+            k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(
+                f"column {self.name!r} {chunk.where(k)} has no {self.what} (empty); every "
+                f"row needs a {self.what}: fill or drop that row"
+            )
+        uniques, local = self._distinct(chunk)
+        lut = np.empty(len(uniques), dtype=np.intp)
+        bad = [u for u, v in enumerate(uniques) if _cell_kind(v) in ("missing", "nonfinite")]
+        if bad:
+            k = int(np.flatnonzero(np.isin(local, bad))[0])
+            v = uniques[local[k]]
+            raise InputError(
+                f"column {self.name!r} {chunk.where(k)} has no {self.what} ({_show(v)}); every "
+                f"row needs a {self.what}: fill or drop that row"
+            )
+        for u, value in enumerate(uniques):
+            key = self._key(value)
+            code = self._index.get(key)
+            if code is None:
+                if not grow:
+                    raise InputError(f"{self.source.path} changed while it was being read")
+                code = self._index[key] = len(self.labels)
+                self.labels.append(value)
+            lut[u] = code
+        return lut[local]
+
+    def _distinct(self, chunk: Chunk) -> tuple[list[Any], NDArray[np.intp]]:
+        """Distinct cells in order of first appearance, and the index of every row's cell."""
+        col = chunk.columns[self.name]
+        if isinstance(col, list):
+            seen: dict[str, int] = {}
+            local = np.fromiter((seen.setdefault(v, len(seen)) for v in col), np.intp, len(col))
+            return list(seen), local
+        if self.source.kind == "csv":
+            enc = _pyarrow_compute().dictionary_encode(col)
+            return enc.dictionary.to_pylist(), _numpy(enc.indices).astype(np.intp)
+        # Parquet (no nulls): the values as numpy gives them, as Table.labels.
+        pa, pc = _pyarrow(), _pyarrow_compute()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        enc = pc.dictionary_encode(col)
+        values = np.asarray(_numpy(enc.dictionary))
+        return [_py_value(v) for v in values], _numpy(enc.indices).astype(np.intp)
+
+    def sorted_labels(self) -> tuple[Hashable, ...]:
+        """The labels in sorted order (the order of a one-shot fit)."""
+        return tuple(sorted(self.labels))  # type: ignore[type-var]
+
+    def sorted_codes(self, codes: NDArray[np.intp]) -> NDArray[np.intp]:
+        """Codes in first-appearance order -> codes in sorted label order."""
+        order = sorted(range(len(self.labels)), key=lambda k: self.labels[k])  # type: ignore[arg-type,return-value]
+        rank = np.empty(len(order), dtype=np.intp)
+        rank[order] = np.arange(len(order))
+        return rank[codes]
+
+
+def _py_value(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class TableSource:
+    """A CSV or Parquet file read chunk by chunk, as many times as needed.
+
+    Parameters
+    ----------
+    path : str or path-like
+    engine : {"auto", "pyarrow", "stdlib"}, optional
+        CSV reader (default :data:`CSV_ENGINE`): pyarrow's streaming reader,
+        or the standard library's ``csv`` module (no pyarrow needed, slower).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], engine: str | None = None) -> None:
+        self.path = path
+        self.kind = _format(path)
+        if not Path(path).is_file():
+            raise InputError(f"file not found: {path}")
+        engine = engine or CSV_ENGINE
+        if self.kind == "parquet":
+            self.engine = "pyarrow"
+            pq = _pyarrow_parquet()
+            try:
+                self._parquet = pq.ParquetFile(path)
+            except Exception as exc:  # pyarrow raises many types for a bad file
+                raise InputError(f"cannot read {path} as Parquet: {exc}") from None
+            self.names = list(self._parquet.schema_arrow.names)
+        else:
+            self.engine = "pyarrow" if engine != "stdlib" and have_pyarrow() else "stdlib"
+            self.names = self._csv_header()
+        if len(set(self.names)) != len(self.names):
+            raise InputError(f"{path} has duplicate column names; rename them")
+
+    def require(self, names: Sequence[str]) -> None:
+        """Raise naming the first of ``names`` that is not a column."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise InputError(f"unknown column {missing[0]!r}; the table has columns {self.names}")
+
+    def _open_text(self) -> Any:
+        # utf-8-sig: a byte-order mark (Excel) must not become part of the first name
+        return open(self.path, newline="", encoding="utf-8-sig")
+
+    def _csv_header(self) -> list[str]:
+        try:
+            with self._open_text() as fh:
+                for row in csv.reader(fh):
+                    if row:
+                        return row
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"cannot read {self.path} as CSV: {exc}") from None
+        raise InputError(f"{self.path} has no data rows; it needs a header and at least one row")
+
+    def no_rows_message(self) -> str:
+        """The message for a table without data rows."""
+        if self.kind == "csv":
+            return f"{self.path} has no data rows; it needs a header and at least one row"
+        return f"{self.path} has no rows"
+
+    def chunks(self) -> Iterator[Chunk]:
+        """The data rows, chunk after chunk, in file order.
+
+        Raises
+        ------
+        InputError
+            Unreadable file, a row with the wrong number of fields (row and line
+            named), text that is not UTF-8.
+        """
+        if self.kind == "parquet":
+            return self._parquet_chunks()
+        if self.engine == "stdlib":
+            return self._stdlib_chunks(0)
+        return self._arrow_chunks()
+
+    def _parquet_chunks(self) -> Iterator[Chunk]:
+        start = 0
+        try:
+            batches = self._parquet.iter_batches(batch_size=max(1, CHUNK_ROWS))
+            for batch in batches:
+                if batch.num_rows:
+                    cols = {n: batch.column(j) for j, n in enumerate(self.names)}
+                    yield Chunk(self, start, batch.num_rows, cols)
+                    start += batch.num_rows
+        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+            raise InputError(f"cannot read {self.path} as Parquet: {exc}") from None
+
+    def _stdlib_chunks(self, skip: int) -> Iterator[Chunk]:
+        """Standard-library reader; the first ``skip`` data rows are checked but not yielded."""
+        width = len(self.names)
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        k = 0
+        start = skip
+        try:
+            with self._open_text() as fh:
+                reader = csv.reader(fh)
+                header = True
+                for row in reader:
+                    if not row:  # blank lines are not rows
+                        continue
+                    if header:
+                        header = False
+                        continue
+                    if len(row) != width:
+                        raise InputError(
+                            f"{self.path} row {k + 1} (line {reader.line_num}) has {len(row)} "
+                            f"fields, the header has {width}"
+                        )
+                    k += 1
+                    if k <= skip:
+                        continue
+                    rows.append(row)
+                    lines.append(reader.line_num)
+                    if len(rows) >= max(1, CHUNK_ROWS):
+                        yield self._list_chunk(start, rows, lines)
+                        start += len(rows)
+                        rows, lines = [], []
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise InputError(f"cannot read {self.path} as CSV: {exc}") from None
+        if rows:
+            yield self._list_chunk(start, rows, lines)
+
+    def _list_chunk(self, start: int, rows: list[list[str]], lines: list[int]) -> Chunk:
+        cols = {name: [r[j] for r in rows] for j, name in enumerate(self.names)}
+        return Chunk(self, start, len(rows), cols, lines)
+
+    def _arrow_chunks(self) -> Iterator[Chunk]:
+        """pyarrow's streaming reader, every column as text.
+
+        A row longer than a block makes pyarrow fail: the read restarts with
+        larger blocks, skipping the rows already yielded. Any other parse
+        failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands over
+        to the standard-library reader at the same row, which gives today's
+        exact result or message.
+        """
+        pa = _pyarrow()
+        import pyarrow.csv as pcsv
+
+        done = 0
+        block = max(1, CHUNK_BYTES)
+        while True:
+            try:
+                reader = pcsv.open_csv(
+                    self.path,
+                    read_options=pcsv.ReadOptions(block_size=block),
+                    parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                    convert_options=pcsv.ConvertOptions(
+                        column_types={n: pa.string() for n in self.names},
+                        strings_can_be_null=False,
+                    ),
+                )
+                if reader.schema.names != self.names:
+                    break  # pyarrow reads the header differently: let csv decide
+                seen = 0
+                cr = self._has_cr()
+                for batch in reader:
+                    n = batch.num_rows
+                    if seen + n <= done:  # already yielded before a restart
+                        seen += n
+                        continue
+                    if seen < done:
+                        batch = batch.slice(done - seen)
+                    seen += n
+                    cols = {name: batch.column(j) for j, name in enumerate(self.names)}
+                    if cr and any(_has_substring(c, "\r") for c in cols.values()):
+                        # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
+                        # boundary splits: cells with a CR are read by csv instead.
+                        yield from self._stdlib_chunks(done)
+                        return
+                    yield Chunk(self, done, batch.num_rows, cols)
+                    done += batch.num_rows
+                return
+            except pa.ArrowInvalid as exc:
+                if "straddl" in str(exc) and block < (1 << 31) // 4:
+                    block *= 4
+                    continue
+                break
+        yield from self._stdlib_chunks(done)
+
+    def _has_cr(self) -> bool:
+        """Whether the file holds a carriage return anywhere (one fast scan)."""
+        import mmap
+
+        with open(self.path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                return False
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                return mm.find(b"\r") >= 0
+
+    def line_of(self, row: int) -> int | None:
+        """File line (1-based) on which data row ``row`` (0-based) ends; for messages."""
+        if self.kind != "csv":
+            return None
+        k = -1
+        try:
+            with self._open_text() as fh:
+                reader = csv.reader(fh)
+                for r in reader:
+                    if r:
+                        k += 1
+                        if k == row + 1:  # the header is row -1
+                            return reader.line_num
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return None
+        return None
+
+
+def _has_substring(col: Any, text: str) -> bool:
+    pc = _pyarrow_compute()
+    return bool(pc.any(pc.match_substring(col, text)).as_py())
+
+
+def open_table(path: str | os.PathLike[str], engine: str | None = None) -> TableSource:
+    """A :class:`TableSource` for a CSV or Parquet file (header read and checked)."""
+    return TableSource(path, engine)
+
+
+# ------------------------------------------------------------------- writing
+
+
+def _csv_specials() -> str:
+    """Characters that make the standard library's ``csv.writer`` quote a field."""
+    out = []
+    for ch in ',"\n\r\t ;':
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([f"a{ch}b", "x"])
+        if buf.getvalue().startswith('"'):
+            out.append(ch)
+    return "".join(out)
+
+
+_CSV_SPECIALS = _csv_specials()
+
+
+def format_floats(values: NDArray[np.float64]) -> Any:
+    """``repr(float(v))`` of every value, as a pyarrow string array.
+
+    pyarrow's float-to-text cast writes the same shortest round-trip digits as
+    Python's ``repr`` (both pick the shortest digit string that reads back to
+    the same float, the closest one on a tie) but formats them differently:
+    ``1`` for ``1.0``, ``1.5e-7`` for ``1.5e-07``, and it switches to
+    exponent notation at other magnitudes. Values that Python writes without an
+    exponent (0 and 1e-4 <= |v| < 1e16) and pyarrow too are fixed up with
+    ``.0`` where needed; every other value (rare in data) goes through ``repr``.
+    """
+    pa, pc = _pyarrow(), _pyarrow_compute()
+    x = np.ascontiguousarray(values, dtype=np.float64)
+    text = pc.cast(_arrow(x), pa.string())
+    a = np.abs(x)
+    fixed = (a == 0) | ((a >= 1e-4) & (a < 1e16))
+    has_e = _numpy(pc.match_substring(text, "e"))
+    no_dot = ~_numpy(pc.match_substring(text, "."))
+    add = fixed & ~has_e & no_dot
+    if add.any():
+        text = pc.if_else(_arrow(add), pc.binary_join_element_wise(text, ".0", ""), text)
+    slow = np.flatnonzero(~fixed | has_e)
+    if slow.size:
+        idx = np.arange(x.size)
+        idx[slow] = x.size + np.arange(slow.size)
+        extra = pa.array([repr(float(v)) for v in x[slow]], pa.string())
+        text = pa.concat_arrays([text, extra]).take(_arrow(idx))
+    return text
+
+
+def _arrow(x: NDArray[Any]) -> Any:
+    """A pyarrow array viewing a 1-D float64, int64 or bool numpy array.
+
+    ``pyarrow.array`` would first import pandas to ask whether ``x`` is a
+    pandas object: 0.3 s of a short command.
+    """
+    pa = _pyarrow()
+    if x.dtype == np.bool_:
+        bits = np.packbits(x, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), x.size, [None, pa.py_buffer(bits)])
+    kind = {np.dtype(np.float64): pa.float64(), np.dtype(np.int64): pa.int64()}[x.dtype]
+    x = np.ascontiguousarray(x)
+    return pa.Array.from_buffers(kind, x.size, [None, pa.py_buffer(x)])
+
+
+def _numpy(arr: Any) -> NDArray[Any]:
+    """A pyarrow array without nulls as numpy (bool, int and float types), without pandas.
+
+    ``Array.to_numpy`` imports pandas on its first call (0.3 s); the buffers
+    of a primitive array are read directly instead.
+    """
+    pa = _pyarrow()
+    t = arr.type
+    if arr.null_count == 0 and pa.types.is_boolean(t):
+        bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[arr.offset : arr.offset + len(arr)].view(
+            np.bool_
+        )
+    if arr.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        dtype = np.dtype(t.to_pandas_dtype())
+        return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset : arr.offset + len(arr)]
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _quote(col: Any) -> Any:
+    """CSV text of string cells as ``csv.writer`` writes them (quoted when needed)."""
+    pa, pc = _pyarrow(), _pyarrow_compute()
+    pattern = "[" + "".join("\\" + c if c in '\\"]^-' else c for c in _CSV_SPECIALS) + "]"
+    needs = pc.match_substring_regex(col, pattern)
+    if not pc.any(needs).as_py():
+        return col
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+    return pc.if_else(needs, quoted, col).cast(pa.string())
+
+
+class TableWriter:
+    """Write a table chunk by chunk to an open binary file, as CSV or Parquet.
+
+    Parameters
+    ----------
+    fh : binary file
+        Usually the temporary file of :func:`atomic_output`.
+    kind : {"csv", "parquet"}
+        Output format.
+    names : list of str
+        Output columns: the source columns, then any appended ones.
+    source : TableSource
+        Where the carried (not replaced) columns come from.
+    """
+
+    def __init__(self, fh: BinaryIO, kind: str, names: list[str], source: TableSource) -> None:
+        self.fh, self.kind, self.names, self.source = fh, kind, names, source
+        self._parquet: Any = None
+        self._fast = have_pyarrow() and not (kind == "csv" and source.engine == "stdlib")
+        if kind == "csv":
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerow(names)
+            fh.write(buf.getvalue().encode())
+
+    def write(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
+        """Write the rows of ``chunk`` with the ``replaced`` columns (float64) swapped in."""
+        if self.kind == "parquet":
+            self._write_parquet(chunk, replaced)
+        elif self._fast:
+            self._write_csv_arrow(chunk, replaced)
+        else:
+            self._write_csv_stdlib(chunk, replaced)
+
+    def _write_csv_stdlib(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
+        cols = []
+        for name in self.names:
+            if name in replaced:
+                cols.append([repr(float(v)) for v in replaced[name]])
+            elif isinstance(chunk.columns[name], list):
+                cols.append(chunk.columns[name])
+            else:
+                cols.append(_python_text(chunk, name))
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(zip(*cols))
+        self.fh.write(buf.getvalue().encode())
+
+    def _write_csv_arrow(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
+        pa, pc = _pyarrow(), _pyarrow_compute()
+        cols = []
+        for name in self.names:
+            if name in replaced:
+                cols.append(format_floats(replaced[name]))
+                continue
+            col = chunk.columns[name]
+            if isinstance(col, list) or self.source.kind != "csv":
+                col = pa.array(_python_text(chunk, name), pa.string())
+            cols.append(_quote(col))
+        cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
+        rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
+        rows = rows.cast(pa.string())
+        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)
+        lo, hi = offsets[rows.offset], offsets[rows.offset + len(rows)]
+        self.fh.write(memoryview(rows.buffers()[2])[lo:hi])
+
+    def _write_parquet(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
+        pa, pq = _pyarrow(), _pyarrow_parquet()
+        arrays = []
+        for name in self.names:
+            if name in replaced:
+                arrays.append(_arrow(np.asarray(replaced[name], dtype=np.float64)))
+            elif isinstance(chunk.columns[name], list):
+                arrays.append(pa.array(chunk.columns[name], pa.string()))
+            else:
+                arrays.append(chunk.columns[name])
+        if self._parquet is None:
+            schema = pa.schema([pa.field(n, a.type) for n, a in zip(self.names, arrays)])
+            self._parquet = pq.ParquetWriter(self.fh, schema)
+        self._parquet.write_batch(pa.record_batch(arrays, schema=self._parquet.schema))
+
+    def close(self) -> None:
+        """Finish the file (the Parquet footer); the caller closes ``fh``."""
+        if self.kind == "parquet":
+            if self._parquet is None:
+                raise InputError("no rows to write")
+            self._parquet.close()
+
+
+def _python_text(chunk: Chunk, name: str) -> list[str]:
+    """CSV text of a typed (Parquet) column: ``str`` of every value, empty for null."""
+    col = chunk.columns[name]
+    if isinstance(col, list):
+        return col
+    return ["" if v is None else str(v) for v in col.to_pylist()]
+
+
+# ------------------------------------------------------------- atomic output
+
+
+class _Terminated(BaseException):
+    """Raised by the temporary signal handler of :func:`atomic_output`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_CLEANUP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the ``with`` block succeeds.
+
+    The streaming counterpart of :func:`fairsteer.model.write_atomic`, with
+    its guarantees: the data go to a temporary file in the same folder that is
+    renamed over ``path`` at the end, so readers see the old file or the
+    complete new one; the new file gets the mode of the file it replaces, or
+    else 0666 minus the umask; on an error, or when the process is told to
+    terminate (SIGTERM, SIGHUP) during the block, the temporary file is removed
+    and ``path`` is left as it was (a terminating signal then takes its usual
+    effect).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+
+    Yields
+    ------
+    binary file
+        Open for writing; closed by the context manager.
+    """
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mask = os.umask(0o022)  # the umask can only be read by setting it
+        os.umask(mask)
+        mode = 0o666 & ~mask
+    # While "active" a terminating signal aborts the write (raises _Terminated);
+    # afterwards it is only recorded, and re-delivered once the handlers are back.
+    state: dict[str, Any] = {"active": True, "pending": None}
+    previous = _install_cleanup_handlers(state)
+    tmp = None
+    try:
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."
+            )
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fchmod(fh.fileno(), mode)
+            os.replace(tmp, path)
+            tmp = None
+        except _Terminated as exc:
+            state["pending"] = exc.signum
+        finally:
+            state["active"] = False
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+    except _Terminated as exc:  # arrived in the instant before "active" was cleared
+        state["pending"] = exc.signum
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if state["pending"] is not None:
+        signal.raise_signal(state["pending"])  # the usual effect: by default, termination
+        name = signal.Signals(state["pending"]).name
+        raise InterruptedError(f"writing {path} was interrupted by {name}")
+
+
+def _install_cleanup_handlers(state: dict[str, Any]) -> dict[int, Any]:
+    """Make SIGTERM/SIGHUP raise :class:`_Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["active"]:
+            raise _Terminated(signum)
+        state["pending"] = signum
+
+    previous = {}
+    for sig in _CLEANUP_SIGNALS:
+        old = signal.getsignal(sig)
+        if old is signal.SIG_IGN or old is None:
+            continue  # ignored (e.g. nohup) or set outside Python: leave it alone
+        previous[sig] = old
+        signal.signal(sig, handler)
+    return previous
+
+
+def _pyarrow_compute() -> Any:
+    _pyarrow()
+    import pyarrow.compute
+
+    return pyarrow.compute

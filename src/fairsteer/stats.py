@@ -29,7 +29,14 @@ from numpy.typing import ArrayLike, NDArray
 from fairsteer.errors import InputError
 from fairsteer.linalg import all_finite
 
-__all__ = ["CellStats", "cell_statistics", "encode_labels", "label_array"]
+__all__ = [
+    "CellStats",
+    "FeatureRange",
+    "cell_statistics",
+    "cell_statistics_from_codes",
+    "encode_labels",
+    "label_array",
+]
 
 Array = NDArray[np.float64]
 
@@ -63,6 +70,9 @@ def encode_labels(
             ) from None
         return tuple(_py(u) for u in uniq), codes.reshape(-1).astype(np.intp)
     labels = tuple(_py(label) for label in labels)
+    codes = _encode_by_search(arr, labels)
+    if codes is not None:
+        return labels, codes
     lookup = {label: k for k, label in enumerate(labels)}
     lookup.update({str(label): k for k, label in enumerate(labels)})
     try:
@@ -75,6 +85,34 @@ def encode_labels(
     except TypeError:  # an unhashable label
         raise InputError(f"{what} labels must be strings or numbers") from None
     return labels, codes
+
+
+def _encode_by_search(arr: NDArray[Any], labels: tuple[Hashable, ...]) -> NDArray[np.intp] | None:
+    """Codes of a numpy string or integer array by binary search, or None.
+
+    The vectorised twin of the dictionary lookup of :func:`encode_labels` for
+    the common case (numpy strings and string labels, or numpy integers and
+    integer labels) where every value is a label; anything else (an unknown
+    label, ``"1"`` for label ``1``, object arrays) is left to the lookup, which
+    gives the same codes or the error message.
+    """
+    if not labels or arr.size == 0:
+        return None
+    if arr.dtype.kind == "U" and all(type(v) is str for v in labels):
+        ref = np.array(labels, dtype=str)
+    elif arr.dtype.kind == "i" and all(type(v) is int for v in labels):
+        try:
+            ref = np.array(labels, dtype=np.int64)
+        except OverflowError:
+            return None
+    else:
+        return None
+    order = np.argsort(ref, kind="stable")
+    ordered = ref[order]
+    pos = np.minimum(np.searchsorted(ordered, arr), ordered.size - 1)
+    if not np.array_equal(ordered[pos], arr):
+        return None
+    return order[pos].astype(np.intp)
 
 
 def label_array(values: ArrayLike, what: str) -> NDArray[Any]:
@@ -197,6 +235,26 @@ class CellStats:
         scatters = a.scatters + b.scatters + weight * delta[..., :, None] * delta[..., None, :]
         return CellStats(groups, classes, n, means, scatters)
 
+    def aligned(self, groups: Sequence[Hashable], classes: Sequence[Hashable]) -> CellStats:
+        """The same statistics with the labels in the given order (a permutation or superset).
+
+        Cells that are new to ``self`` get count 0. This is how statistics
+        accumulated over batches (labels in order of first appearance) take the
+        sorted label order of a one-shot :func:`cell_statistics`.
+
+        Raises
+        ------
+        InputError
+            If a label of ``self`` is missing from ``groups`` or ``classes``.
+        """
+        groups, classes = tuple(groups), tuple(classes)
+        lost = [g for g in self.groups if g not in groups] + [
+            c for c in self.classes if c not in classes
+        ]
+        if lost:
+            raise InputError(f"label {lost[0]!r} is missing from the new label order")
+        return self._embed(groups, classes)
+
     def _embed(self, groups: tuple[Hashable, ...], classes: tuple[Hashable, ...]) -> CellStats:
         m, K, d = len(groups), len(classes), self.n_features
         gi = [groups.index(g) for g in self.groups]
@@ -267,7 +325,7 @@ def cell_statistics(
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
     if not all_finite(X):
         raise InputError("X contains NaN or inf; drop or impute those values first")
-    n, d = X.shape
+    n = X.shape[0]
     glabels, gcodes = encode_labels(groups, group_labels, "group")
     clabels, ccodes = encode_labels(y, class_labels, "class")
     if gcodes.size != n or ccodes.size != n:
@@ -275,6 +333,33 @@ def cell_statistics(
             f"X has {n} rows but y has {ccodes.size} and groups has {gcodes.size}; "
             "pass one label of each per row"
         )
+    return cell_statistics_from_codes(X, gcodes, ccodes, glabels, clabels)
+
+
+def cell_statistics_from_codes(
+    X: Array,
+    gcodes: NDArray[np.intp],
+    ccodes: NDArray[np.intp],
+    group_labels: Sequence[Hashable],
+    class_labels: Sequence[Hashable],
+) -> CellStats:
+    """:func:`cell_statistics` of rows whose labels are already integer codes.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Finite features on the model scale (not checked here).
+    gcodes, ccodes : ndarray of int, shape (n,)
+        Indices into ``group_labels`` and ``class_labels``.
+    group_labels, class_labels : sequence
+        The labels the codes index; cells without rows get count 0.
+
+    Returns
+    -------
+    CellStats
+    """
+    glabels, clabels = tuple(group_labels), tuple(class_labels)
+    d = X.shape[1]
     m, K = len(glabels), len(clabels)
     code = gcodes * K + ccodes
     counts = np.bincount(code, minlength=m * K).astype(np.float64)
@@ -301,3 +386,68 @@ def cell_statistics(
         means.reshape(m, K, d),
         scatters.reshape(m, K, d, d),
     )
+
+
+class FeatureRange:
+    """Running maximum and minimum of every feature, for the float64 range check of a fit.
+
+    A streamed fit sees its rows in batches; this keeps what the range check
+    of :func:`fairsteer.model.fit_model` needs (the row count, the largest and
+    the smallest value of each feature) and applies the same rule at the end,
+    so a streamed fit refuses exactly the data that a one-shot fit refuses.
+
+    Parameters
+    ----------
+    d : int
+        Number of features.
+    """
+
+    def __init__(self, d: int) -> None:
+        self.n = 0
+        self.hi = np.full(d, -np.inf)
+        self.lo = np.full(d, np.inf)
+
+    def update(self, Z: Array) -> None:
+        """Take the rows of one batch (finite, on the model scale) into account."""
+        if Z.shape[0]:
+            self.n += Z.shape[0]
+            np.maximum(self.hi, Z.max(axis=0), out=self.hi)
+            np.minimum(self.lo, Z.min(axis=0), out=self.lo)
+
+    def check(self, features: Sequence[str] | None) -> None:
+        """Reject features whose variances float64 cannot hold (too large or too small).
+
+        The rule and the message are those of ``fairsteer.model.fit_model``.
+
+        Raises
+        ------
+        InputError
+            Naming the first such feature.
+        """
+        if self.n == 0:
+            return
+        big = np.finfo(np.float64).max
+        tiny = np.finfo(np.float64).tiny
+        eps = np.finfo(np.float64).eps
+        n, hi, lo = self.n, self.hi, self.lo
+        magnitude = np.maximum(np.abs(hi), np.abs(lo))
+        with np.errstate(over="ignore", invalid="ignore"):
+            spread = hi - lo
+        # The scatter sums n squares of centred values: it overflows when the
+        # spread exceeds sqrt(max / n); the mean sums n values, overflowing beyond max / n.
+        too_big = ~np.isfinite(spread) | (magnitude > big / n) | (spread > np.sqrt(big / n))
+        # A variance below tiny / eps (a spread below ~1e-146) is subnormal or
+        # close to it and has lost its precision.
+        too_small = (spread > 0) & (spread < np.sqrt(tiny / eps))
+        for mask, what, fix in (
+            (too_big, "large", "divide it by a constant"),
+            (too_small, "small", "multiply it by a constant"),
+        ):
+            if mask.any():
+                j = int(np.flatnonzero(mask)[0])
+                name = repr(features[j]) if features is not None else f"{j}"
+                raise InputError(
+                    f"feature {name} is too {what} in magnitude (values up to "
+                    f"{magnitude[j]:.3g}, spread {spread[j]:.3g}) for float64 variances; {fix} "
+                    "(the results do not depend on units)"
+                )

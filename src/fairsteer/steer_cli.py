@@ -13,24 +13,26 @@ __all__ = ["add_parser"]
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from fairsteer.cli import check_output, fit_from_args
-    from fairsteer.io import write_table
+    from fairsteer.io import TableWriter, atomic_output
     from fairsteer.maps import SteeringMaps
     from fairsteer.model import write_atomic
     from fairsteer.solve import solve
 
     check_output(args.output, args.data)
-    table, model, features, y, groups = fit_from_args(args)
-    if args.weight_column in table.columns:
-        raise InputError(
-            f"column {args.weight_column!r} already exists; choose another --weight-column"
-        )
+    out_kind = _output_kind(args.output)
+    # Pass 1: fit chunk by chunk (every bad input is found here, before any write).
+    fitted = fit_from_args(args, reserved=[args.weight_column])
+    model, features, source = fitted.model, fitted.features, fitted.source
     sol = solve(model, args.method, reference=args.reference, seed=args.seed)
     maps = SteeringMaps.from_solution(model, sol)
-    X = table.numeric(features)
-    steered = maps.steer(X, y, groups)
-    updates: dict[str, Any] = {name: steered[:, j] for j, name in enumerate(features)}
-    updates[args.weight_column] = maps.weights(y, groups)
+    group_names = np.array(model.groups)
+    class_names = np.array(model.classes)
+    # The weight depends on the cell only: one value per (group, class).
+    m, K = model.n_groups, model.n_classes
+    cell_weights = maps.weights(np.tile(class_names, m), np.repeat(group_names, K))
     base = Path(args.output).with_suffix("")
     artifacts = [f"{base}.model.json", f"{base}.solution.json", f"{base}.audit.json"]
     if args.artifacts:
@@ -51,15 +53,39 @@ def _cmd_steer(args: argparse.Namespace) -> int:
             "after": audit(sol.ideal).to_dict(),
         }
         write_atomic(artifacts[2], json.dumps(report, indent=1))
-    write_table(table.with_columns(updates), args.output, input_path=args.data)
+    # Pass 2: steer chunk by chunk into the temporary file renamed at the end.
+    with atomic_output(args.output) as fh:
+        writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
+        for chunk in source.chunks():
+            X = chunk.floats(features)
+            c = fitted.classes.sorted_codes(fitted.classes.encode(chunk, grow=False))
+            g = fitted.groups.sorted_codes(fitted.groups.encode(chunk, grow=False))
+            steered = maps.steer(X, class_names[c], group_names[g])
+            updates = {name: steered[:, j] for j, name in enumerate(features)}
+            updates[args.weight_column] = cell_weights[g * K + c]
+            writer.write(chunk, updates)
+        writer.close()
     print(
-        f"steered {table.n_rows} rows, {len(features)} features ({sol.method}"
+        f"steered {fitted.n_rows} rows, {len(features)} features ({sol.method}"
         + (f", reference {sol.reference_group!r}" if sol.reference_group is not None else "")
         + f"; KL = {sol.kl:.6g} nats) -> {args.output}"
     )
     if args.artifacts:
         print(f"wrote {', '.join(artifacts)}")
     return 0
+
+
+def _output_kind(path: str) -> str:
+    from fairsteer.io import FORMATS
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise InputError(f"unsupported file type {suffix!r} for {path}; use .csv or .parquet")
+    if FORMATS[suffix] == "parquet":
+        from fairsteer.io import _pyarrow
+
+        _pyarrow()  # Parquet output needs pyarrow: say so before the work
+    return FORMATS[suffix]
 
 
 def add_parser(sub: Any) -> None:

@@ -1,0 +1,165 @@
+"""Tables at the speed of the disk (issue 15): ``fit`` and ``steer`` against a plain read.
+
+On generated files of 0.2M and 2M rows (5 float features, a group and a label
+column: the synthetic CSV repeated), as CSV and Parquet, prints
+
+- ``read``: ``pyarrow.csv.read_csv`` / ``pyarrow.parquet.read_table`` of the
+  file, best of 3, in this process;
+- ``fit`` and ``steer`` (``--covariance shared`` and the default per-class),
+  each run in a fresh subprocess: the time of ``fairsteer.cli.main`` inside it
+  (imports and interpreter start excluded; printed separately) as a ratio to
+  the read, and the peak resident memory of the subprocess (its own
+  ``ru_maxrss``);
+- ``base``: the peak memory of a subprocess that only imports what the
+  commands import, and ``chunk``: the in-memory size of one chunk (one Arrow
+  batch of the reader). Memory goal: peak - base < 2 x chunk + model, at both
+  sizes (constant in rows).
+
+Goals (issue 15): fit <= 2x read, steer <= 4x read.
+
+Run: ``python benchmarks/bench_tables.py [--sizes 0.2M 2M] [--dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+CHILD = """
+import resource, sys, time
+t0 = time.perf_counter()
+import fairsteer.cli, fairsteer.io, fairsteer.maps, fairsteer.solve, pyarrow.csv, pyarrow.parquet
+t1 = time.perf_counter()
+code = 0 if sys.argv[1] == "imports" else fairsteer.cli.main(sys.argv[1:])
+t2 = time.perf_counter()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+print(f"TIMES {t1 - t0} {t2 - t1} {code} {rss}")
+"""
+
+
+def parse_size(text: str) -> int:
+    """``0.2M`` -> 200000, ``50k`` -> 50000."""
+    scale = {"k": 1_000, "M": 1_000_000}.get(text[-1], 1)
+    return int(float(text.rstrip("kM")) * scale)
+
+
+def make_files(n: int, folder: Path) -> tuple[Path, Path]:
+    """The synthetic biased sample (200k distinct rows) repeated to n rows, as CSV and Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fairsteer.data.synthetic import case_study, sample_model
+    from fairsteer.io import format_floats
+
+    csv_path, pq_path = folder / f"t{n}.csv", folder / f"t{n}.parquet"
+    if csv_path.exists() and pq_path.exists():
+        return csv_path, pq_path
+    X, y, g = sample_model(case_study("multivariate").biased, 200_000, np.random.default_rng(0))
+    reps = -(-n // len(y))
+    X, y, g = np.tile(X, (reps, 1))[:n], np.tile(y, reps)[:n], np.tile(g, reps)[:n]
+    names = [f"x{j + 1}" for j in range(X.shape[1])]
+    cols = [format_floats(X[:, j]) for j in range(X.shape[1])]
+    cols += [pa.array(g.astype(str)), pa.array(y.astype(str))]
+    import pyarrow.compute as pc
+
+    rows = pc.binary_join_element_wise(
+        *cols[:-1], pc.binary_join_element_wise(cols[-1], "\n", ""), ","
+    )
+    with open(csv_path, "wb") as fh:
+        fh.write((",".join([*names, "group", "label"]) + "\n").encode())
+        for k in range(0, len(rows), 1 << 18):
+            fh.write("".join(rows[k : k + (1 << 18)].to_pylist()).encode())
+    table = pa.table(
+        {**{n_: X[:, j] for j, n_ in enumerate(names)}, "group": g.astype(str), "label": y}
+    )
+    pq.write_table(table, pq_path)
+    return csv_path, pq_path
+
+
+def run_child(args: list[str]) -> tuple[float, float, float]:
+    """(import seconds, command seconds, peak RSS in MB) of one subprocess."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    out, err = proc.communicate()
+    line = [s for s in out.decode().splitlines() if s.startswith("TIMES")]
+    if proc.returncode != 0 or not line:
+        raise RuntimeError(f"{args} failed: {err.decode()[-2000:]}")
+    _, t_imp, t_cmd, code, rss = line[-1].split()
+    if int(code) != 0:
+        raise RuntimeError(f"{args} exited {code}: {err.decode()[-2000:]}")
+    return float(t_imp), float(t_cmd), int(rss) / 1024
+
+
+def chunk_megabytes(path: Path) -> float:
+    """In-memory size of the first chunk the reader yields (MB)."""
+    sys.path.insert(0, SRC)
+    from fairsteer.io import open_table
+
+    chunk = next(iter(open_table(path).chunks()))
+    return sum(col.nbytes for col in chunk.columns.values()) / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=["0.2M", "2M"])
+    p.add_argument("--dir", default=None, help="where to keep the generated files")
+    args = p.parse_args(argv)
+    sys.path.insert(0, SRC)
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_tables_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    imp, _, base = run_child(["imports"])
+    print(f"imports: {imp:.2f} s, base peak memory {base:.0f} MB (not in the ratios below)")
+    header = (
+        f"{'rows':>9} {'format':>7} {'cov':>9} {'read s':>7} {'fit s':>7} {'fit/read':>8} "
+        f"{'steer s':>7} {'steer/read':>10} {'fit MB':>7} {'steer MB':>8} {'chunk MB':>8} "
+        f"{'(steer-base)/chunk':>18}"
+    )
+    print(header)
+    for size in args.sizes:
+        n = parse_size(size)
+        csv_path, pq_path = make_files(n, folder)
+        for kind, path, reader in (
+            ("csv", csv_path, pcsv.read_csv),
+            ("parquet", pq_path, pq.read_table),
+        ):
+            t_read, _ = best_of(3, lambda reader=reader, path=path: reader(path))
+            chunk = chunk_megabytes(path)
+            for cov in ("shared", "per-class"):
+                common = [str(path), "--group", "group", "--label", "label", "--covariance", cov]
+                _, t_fit, m_fit = run_child(["fit", *common, "-o", str(folder / "m.json")])
+                out = folder / f"o.{kind}"
+                _, t_steer, m_steer = run_child(["steer", *common, "-o", str(out)])
+                print(
+                    f"{n:>9} {kind:>7} {cov:>9} {t_read:7.3f} {t_fit:7.3f} {t_fit / t_read:8.2f} "
+                    f"{t_steer:7.3f} {t_steer / t_read:10.2f} {m_fit:7.0f} {m_steer:8.0f} "
+                    f"{chunk:8.1f} {(m_steer - base) / chunk:18.2f}",
+                    flush=True,
+                )
+    print(
+        f"goals: fit/read <= 2, steer/read <= 4, (peak - base) < 2 x chunk + model; {time.ctime()}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

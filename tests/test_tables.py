@@ -1,0 +1,333 @@
+"""Streamed tables (issue 15): chunked fit and steer equal the one-shot path of before.
+
+The one-shot reference below is the code path ``fit`` and ``steer`` ran before
+streaming (``read_table`` of the whole file, ``fit_model``, ``write_table``),
+so "as today" is checked on the same files, not transcribed by hand.
+"""
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fairsteer import io as fio
+from fairsteer.cli import main
+from fairsteer.maps import SteeringMaps
+from fairsteer.model import GaussianModel, fit_model
+from fairsteer.solve import Solution, solve
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENGINES = ["pyarrow", "stdlib"]
+
+
+def reference_steer(data, out, covariance="per-class", artifacts=None):
+    """``steer`` as it ran before streaming: whole table in memory, one write.
+
+    ``artifacts``: the ``OUT`` of a ``steer --artifacts`` run whose model and
+    solution to use instead of fitting and solving again. A chunked fit equals
+    the one-shot fit to round-off only, and the iterative solvers turn that
+    into differences up to their stopping tolerance; with the same model and
+    solution the steered rows are exactly today's.
+    """
+    table = fio.read_table(data)
+    features = table.numeric_names(exclude=("sex", "label"))
+    X = table.numeric(features)
+    y = table.labels("label", "class")
+    g = table.labels("sex", "group")
+    if artifacts is None:
+        model = fit_model(X, y, g, covariance=covariance, features=features)
+        sol = solve(model, "affirmative")
+    else:
+        model = GaussianModel.load(f"{artifacts}.model.json")
+        sol = Solution.load(f"{artifacts}.solution.json")
+    maps = SteeringMaps.from_solution(model, sol)
+    updates = {name: col for name, col in zip(features, maps.steer(X, y, g).T)}
+    updates["weight"] = maps.weights(y, g)
+    fio.write_table(table.with_columns(updates), out)
+    return model
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def chunks(monkeypatch):
+    """Set the engine and the chunk size: ``chunks(engine, tiny)``."""
+
+    def setup(engine, tiny):
+        monkeypatch.setattr(fio, "CSV_ENGINE", engine)
+        if tiny:
+            monkeypatch.setattr(fio, "CHUNK_BYTES", 150)  # a few rows per pyarrow block
+            monkeypatch.setattr(fio, "CHUNK_ROWS", 3)
+
+    return setup
+
+
+def tricky_csv(path, n=300, seed=0, crlf=False, bom=False):
+    """Quoted cells with commas, quotes and newlines, blank lines, spaced numbers."""
+    rng = np.random.default_rng(seed)
+    g = rng.choice(["f", "m"], n)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 2)) + y[:, None] * np.where(g == "m", 2.0, 1.0)[:, None]
+    X[::17, 0] *= 1e-6  # exponent notation in the output
+    notes = ["plain", "with, comma", 'a "quote"', "two\nlines", "cr\r\nlf", "", "é ü ✓"]
+    nl = "\r\n" if crlf else "\n"
+    lines = ["x1,x2,sex,label,note"]
+    for k in range(n):
+        note = notes[k % len(notes)]
+        quoted = '"' + note.replace('"', '""') + '"' if k % 2 or set(note) & set(',"\r\n') else note
+        x1 = f" {float(X[k, 0])!r}" if k % 11 == 0 else repr(float(X[k, 0]))  # float() takes " 1.5"
+        lines.append(f"{x1},{float(X[k, 1])!r},{g[k]},{y[k]},{quoted}")
+        if k % 50 == 7:
+            lines.append("")  # blank lines are not rows
+    text = nl.join(lines) + nl
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return X, y, g
+
+
+def assert_same_rows(out, ref, floats=(0, 1, 5)):
+    """Same header, rows and carried cells; steered numbers equal to a few ulps.
+
+    maps.steer computes each row's (x - mu) A^T with a matrix product whose
+    kernel (and so its rounding) can depend on how many rows a cell has in
+    one call: chunks change the last bits of a steered value, never more. The
+    values are O(1) here, so 1e-13 absolute or relative is ~500 ulps of slack.
+    """
+    a, b = read_rows(out), read_rows(ref)
+    assert a[0] == b[0] and len(a) == len(b)
+    keep = [j for j in range(len(a[0])) if j not in floats]
+    assert [[r[j] for j in keep] for r in a] == [[r[j] for j in keep] for r in b]
+    x = np.array([[float(r[j]) for j in floats] for r in a[1:]])
+    y = np.array([[float(r[j]) for j in floats] for r in b[1:]])
+    np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-13)
+
+
+def steer(capsys, data, out, *extra):
+    return run(capsys, "steer", data, "--group", "sex", "--label", "label", "-o", out, *extra)
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return [r for r in csv.reader(fh) if r]
+
+
+def test_format_floats_is_repr():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**63, 200_000, dtype=np.uint64)
+    x = bits.view(np.float64)
+    x = np.concatenate(
+        [
+            x[np.isfinite(x)],
+            -x[np.isfinite(x)][:1000],
+            rng.normal(size=50_000),
+            rng.normal(size=5_000) * 1e-5,
+            np.round(rng.normal(size=5_000) * 1e6),
+            rng.normal(size=5_000) * 1e15,
+            10.0 ** np.arange(-300, 300),
+            [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, 5e-324],
+        ]
+    )
+    assert fio.format_floats(x).to_pylist() == [repr(float(v)) for v in x]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("crlf", [False, True])
+@pytest.mark.parametrize("bom", [False, True])
+def test_steer_output_is_todays_byte_for_byte(tmp_path, capsys, chunks, engine, crlf, bom):
+    chunks(engine, tiny=False)  # one chunk: the same arithmetic as the one-shot path
+    data = tmp_path / "d.csv"
+    tricky_csv(data, crlf=crlf, bom=bom)
+    reference_steer(data, tmp_path / "ref.csv")
+    code, _, err = steer(capsys, data, tmp_path / "o.csv")
+    assert code == 0, err
+    assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("crlf", [False, True])
+def test_chunk_boundaries_anywhere_keep_the_output(tmp_path, capsys, chunks, engine, crlf):
+    chunks(engine, tiny=True)  # boundaries every few rows, inside and between quoted cells
+    data = tmp_path / "d.csv"
+    tricky_csv(data, crlf=crlf, bom=True)
+    code, _, err = steer(capsys, data, tmp_path / "o.csv", "--artifacts")
+    assert code == 0, err
+    reference_steer(data, tmp_path / "ref.csv", artifacts=tmp_path / "o")
+    assert_same_rows(tmp_path / "o.csv", tmp_path / "ref.csv")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("covariance", ["per-class", "shared"])
+def test_chunked_fit_equals_one_shot_fit(tmp_path, capsys, chunks, engine, covariance):
+    chunks(engine, tiny=True)
+    data = tmp_path / "d.csv"
+    X, y, g = tricky_csv(data, n=500)
+    code, _, err = run(
+        capsys, "fit", data, "--group", "sex", "--label", "label", "--covariance", covariance,
+        "-o", tmp_path / "m.json",
+    )  # fmt: skip
+    assert code == 0, err
+    model = GaussianModel.load(tmp_path / "m.json")
+    direct = fit_model(X, y.astype(str), g, covariance=covariance, features=["x1", "x2"])
+    assert model.groups == direct.groups and model.classes == direct.classes
+    # Chan's merge is exact up to round-off: ~1e-15 relative for 500 rows.
+    for a, b in [(model.priors, direct.priors), (model.means, direct.means)]:
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(model.covariances, direct.covariances, rtol=1e-12)
+
+
+def write_parquet(path, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    g = rng.choice(["f", "m"], n)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 2)) + y[:, None] * np.where(g == "m", 2.0, 1.0)[:, None]
+    city = pa.array(np.where(y == 1, "Paris", "Rome")).dictionary_encode()
+    table = pa.table(
+        {"x1": X[:, 0], "x2": X[:, 1].astype(np.float32), "sex": g, "label": y, "city": city}
+    )
+    pq.write_table(table, path)
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+@pytest.mark.parametrize("suffix", ["parquet", "csv"])
+def test_parquet_types_kept(tmp_path, capsys, chunks, tiny, suffix):
+    chunks("pyarrow", tiny)
+    data = tmp_path / "d.parquet"
+    write_parquet(data)
+    out, ref = tmp_path / f"o.{suffix}", tmp_path / f"ref.{suffix}"
+    code, _, err = steer(capsys, data, out, "--artifacts")
+    assert code == 0, err
+    reference_steer(data, ref, artifacts=tmp_path / "o")
+    if suffix == "csv":
+        assert_same_rows(out, ref)
+        if not tiny:  # one chunk: the very same arithmetic as the one-shot path
+            assert out.read_bytes() == ref.read_bytes()
+        return
+    got, want = pq.read_table(out), pq.read_table(ref)
+    assert got.schema == want.schema
+    for name in ("sex", "label", "city"):
+        assert got.column(name).equals(want.column(name))
+    for name in ("x1", "x2", "weight"):  # as in assert_same_rows
+        np.testing.assert_allclose(got.column(name), want.column(name), rtol=1e-13, atol=1e-13)
+    if not tiny:
+        assert got.equals(want)
+    assert got.schema.field("city").type == pa.dictionary(pa.int32(), pa.string())
+    assert got.schema.field("label").type == pa.int64()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(
+    ("cell", "column", "words"),
+    [("nan", 0, "'x1'"), ("abc", 1, "'x2'"), ("", 2, "'sex'"), ("nan", 3, "'label'")],
+)
+@pytest.mark.parametrize("command", ["fit", "steer"])
+def test_bad_cell_in_the_last_chunk_writes_nothing(
+    tmp_path, capsys, chunks, engine, cell, column, words, command
+):
+    chunks(engine, tiny=True)
+    data = tmp_path / "d.csv"
+    tricky_csv(data, n=197)
+    lines = data.read_bytes().decode().split("\n")
+    last = lines[-2].split(",")  # the last row, on one line (note "plain": 196 % 7 == 0)
+    last[column] = cell
+    lines[-2] = ",".join(last)
+    data.write_bytes("\n".join(lines).encode())
+    out = tmp_path / ("m.json" if command == "fit" else "o.csv")
+    code, stdout, err = run(capsys, command, data, "--group", "sex", "--label", "label", "-o", out)
+    assert code == 2 and stdout == "" and err.count("\n") == 1, err
+    assert words in err and "row 197 (line " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_one_label_per_parsed_value_across_chunks(tmp_path, capsys, chunks, engine):
+    chunks(engine, tiny=True)
+    data = tmp_path / "d.csv"
+    tricky_csv(data, n=200)
+    text = data.read_text().split("\n")
+    # "1.0" first appears in a later chunk than "1"
+    text[150:] = [r.replace(",1,", ",1.0,") for r in text[150:]]
+    data.write_text("\n".join(text))
+    code, out, err = run(capsys, "fit", data, "--group", "sex", "--label", "label", "-o",
+                         tmp_path / "m.json")  # fmt: skip
+    assert code == 0 and "2 groups x 2 classes" in out, err
+    assert GaussianModel.load(tmp_path / "m.json").classes == ("0", "1")
+    code, _, err = steer(capsys, data, tmp_path / "o.csv")
+    assert code == 0, err
+    col = [r[3] for r in read_rows(tmp_path / "o.csv")]
+    assert col == [r[3] for r in read_rows(data)]  # each cell keeps its own spelling
+
+
+def test_ragged_row_in_a_late_chunk_names_row_and_line(tmp_path, capsys, chunks):
+    chunks("pyarrow", tiny=True)
+    data = tmp_path / "d.csv"
+    tricky_csv(data, n=100)
+    lines = data.read_text().split("\n")
+    lines[-2] += ",extra"
+    data.write_text("\n".join(lines))
+    code, _, err = steer(capsys, data, tmp_path / "o.csv")
+    assert code == 2 and "row 100 (line" in err and "6 fields, the header has 5" in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_help_says_how_tables_are_read(capsys):
+    assert main(["fit", "--help"]) == 0
+    assert "pyarrow" in " ".join(capsys.readouterr().out.split())
+
+
+def test_sigterm_during_a_streamed_write_leaves_nothing(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from fairsteer.io import atomic_output
+
+        with atomic_output(sys.argv[1]) as fh:
+            fh.write(b"x" * 100_000)
+            print("writing", flush=True)
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "out.csv")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_inside_atomic_output_keeps_the_old_file(tmp_path):
+    path = tmp_path / "out.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), fio.atomic_output(path) as fh:
+        fh.write(b"new")
+        raise RuntimeError
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+
+
+def test_csv_quoting_matches_the_standard_library():
+    cells = ["a", "", "a,b", 'a"b', "a\nb", "a\rb", " a ", "a\tb", "é"]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([[c] * 2 for c in cells])
+    quoted = fio._quote(pa.array(cells * 1)).to_pylist()
+    assert "".join(f"{q},{q}\n" for q in quoted) == buf.getvalue()
