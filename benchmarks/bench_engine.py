@@ -54,7 +54,7 @@ def main() -> None:
         t_all, sol = best_of(1, lambda: solve(model, "all-subgroups"))
         print(
             f"solve all-subgroups   {t_all:8.3f} s   {t_all / t_xtx:.2f}x"
-            f"   KL = {sol.kl:.4f}, sweeps = {sol.diagnostics['iterations']}"
+            f"   KL = {sol.kl:.4f}, sweeps = {sol.diagnostics['sweeps']}"
         )
 
 
