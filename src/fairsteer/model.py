@@ -115,10 +115,11 @@ class GaussianModel:
         # view (no K-fold copies, and validated once per group).
         shared = covs.strides[1] == 0 or bool(np.all(covs == covs[:, :1]))
         if shared:
-            covs = np.broadcast_to(check_spd(covs[:, :1], "covariances"), (m, K, d, d))
+            one, chol = check_spd(covs[:, :1], "covariances", factor=True)
+            covs = np.broadcast_to(one, (m, K, d, d))
         else:
-            covs = check_spd(covs, "covariances")
-        _check_separation(means, covs, shared, self.groups)
+            covs, chol = check_spd(covs, "covariances", factor=True)
+        _check_separation(means, chol, shared, self.groups)
         set_(self, "priors", priors / total)
         set_(self, "means", means)
         set_(self, "covariances", covs)
@@ -268,20 +269,23 @@ MAX_SEPARATION = np.finfo(np.float64).max ** 0.25
 
 
 def _check_separation(
-    means: Array, covs: Array, shared: bool, groups: Sequence[Hashable] | None
+    means: Array, chol: Array, shared: bool, groups: Sequence[Hashable] | None
 ) -> None:
-    """Reject class means so far apart (in standard deviations) that KL terms overflow."""
-    from scipy.linalg import solve_triangular
+    """Reject class means so far apart (in standard deviations) that KL terms overflow.
+
+    ``chol`` holds the Cholesky factors of the covariances, (m, 1 or K, d, d).
+    """
+    from fairsteer.linalg import solve_triangular
 
     m, K = means.shape[:2]
     with np.errstate(over="ignore", invalid="ignore"):
         centred = means - means.mean(axis=1, keepdims=True)  # (m, K, d)
     for a in range(m):
         for i in range(1 if shared else K):
-            L = np.linalg.cholesky(covs[a, i])
+            L = chol[a, i]
             with np.errstate(over="ignore", invalid="ignore"):
                 # whitened deviations of the class means from the group mean, (d, K)
-                z = solve_triangular(L, centred[a].T, lower=True, check_finite=False)
+                z = solve_triangular(L, centred[a].T, lower=True)
                 dist = np.sqrt(np.sum(z**2, axis=0)).max()
             if not dist <= MAX_SEPARATION:
                 name = groups[a] if groups is not None else a
@@ -718,6 +722,20 @@ def model_from_stats(
     return GaussianModel(priors, stats.means, covs, stats.groups, stats.classes, family, features)
 
 
+def _suspicious(stats: CellStats) -> bool:
+    """True when statistics are non-finite or hold subnormal-range variances.
+
+    A clean sample gives finite statistics whose nonzero variances exceed
+    ~1e-292 (the bound of :func:`_check_range`); anything else sends the fit
+    through the detailed checks.
+    """
+    if not (all_finite(stats.means) and all_finite(stats.scatters)):
+        return True
+    var = np.diagonal(stats.scatters, axis1=-2, axis2=-1) / np.maximum(stats.counts, 1)[..., None]
+    floor = np.finfo(np.float64).tiny / np.finfo(np.float64).eps
+    return bool(np.any((var > 0) & (var < floor)))
+
+
 def _check_range(Z: Array, features: Sequence[str] | None) -> None:
     """Reject features whose variances float64 cannot hold (too large or too small)."""
     if Z.size == 0:
@@ -797,9 +815,21 @@ def fit_model(
     mask = np.array(
         [f == "lognormal" for f in ((fam,) * X.shape[1] if isinstance(fam, str) else fam)]
     )
-    Z = to_model_space(X, mask, features)
-    _check_range(Z, features)
-    stats = cell_statistics(Z, y, groups, group_labels=group_labels, class_labels=class_labels)
+    if mask.any():
+        Z = to_model_space(X, mask, features)
+    elif X.shape[1] != mask.size:
+        raise InputError(f"X must have shape (n, {mask.size}), got {X.shape}")
+    else:
+        Z = X
+    stats = cell_statistics(
+        Z, y, groups, group_labels=group_labels, class_labels=class_labels, check_finite=False
+    )
+    if _suspicious(stats):
+        # NaN or inf in X, or values beyond what float64 variances hold, make
+        # the statistics non-finite or subnormal: the full checks (extra
+        # passes over X, only on this path) name the row, column or feature.
+        to_model_space(X, np.zeros_like(mask), features)
+        _check_range(Z, features)
     return model_from_stats(
         stats, covariance=covariance, shrinkage=shrinkage, family=fam, features=features
     )

@@ -302,6 +302,7 @@ def cell_statistics(
     *,
     group_labels: Sequence[Hashable] | None = None,
     class_labels: Sequence[Hashable] | None = None,
+    check_finite: bool = True,
 ) -> CellStats:
     """Per-cell count, mean and centred scatter of a sample.
 
@@ -314,6 +315,10 @@ def cell_statistics(
     group_labels, class_labels : sequence, optional
         Label order; default the sorted unique values. Cells with no sample get
         count 0 (so batches that lack a cell still merge).
+    check_finite : bool
+        Reject NaN and inf in ``X`` first (one pass over X). A caller that
+        checks the resulting statistics instead (a NaN or inf anywhere makes
+        them non-finite) may skip it.
 
     Notes
     -----
@@ -323,7 +328,7 @@ def cell_statistics(
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
-    if not all_finite(X):
+    if check_finite and not all_finite(X):
         raise InputError("X contains NaN or inf; drop or impute those values first")
     n = X.shape[0]
     glabels, gcodes = encode_labels(groups, group_labels, "group")
@@ -369,16 +374,8 @@ def cell_statistics_from_codes(
     scatters = np.zeros((m * K, d, d))
     for c in range(m * K):
         lo, hi = bounds[c], bounds[c + 1]
-        if hi == lo:
-            continue
-        Z = X.take(order[lo:hi], axis=0)
-        # Values near the float64 limits overflow here; the model checks
-        # (fairsteer.model.check_cell_covariances) name the feature instead.
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = Z.mean(axis=0)
-            Z -= mean
-            means[c] = mean
-            scatters[c] = Z.T @ Z
+        if hi > lo:
+            means[c], scatters[c] = _shifted_moments(X, order[lo:hi])
     return CellStats(
         glabels,
         clabels,
@@ -386,6 +383,41 @@ def cell_statistics_from_codes(
         means.reshape(m, K, d),
         scatters.reshape(m, K, d, d),
     )
+
+
+CHUNK_ROWS = 2048  # rows gathered at a time: a few MB at LLM widths, cache-resident
+
+
+def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
+    r"""Mean and centred scatter of ``X[rows]`` in one pass over the rows.
+
+    The rows are gathered :data:`CHUNK_ROWS` at a time and shifted by one of
+    them, z = x - x_0; with s = sum z and S = sum z z^T,
+
+    .. math:: \bar x = x_0 + s / n, \qquad \text{scatter} = S - s s^T / n .
+
+    The shift is a sample of the cell, so z is of the order of the spread and
+    the subtraction loses no more than a few digits (the textbook
+    sum-of-squares formula on raw values loses them all for a column with
+    mean 2000 and spread 1). Each chunk is gathered, shifted and multiplied
+    while it sits in cache: the data are read from memory once, and the work
+    is one ``X^T X`` in total.
+    """
+    shift = X[rows[0]].copy()
+    d = X.shape[1]
+    total = np.zeros(d)
+    S = np.zeros((d, d))
+    # Values near the float64 limits overflow here; the model checks
+    # (fairsteer.model.check_cell_covariances) name the feature instead.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, rows.size, CHUNK_ROWS):
+            Z = X.take(rows[start : start + CHUNK_ROWS], axis=0)
+            Z -= shift
+            total += Z.sum(axis=0)
+            S += Z.T @ Z
+        delta = total / rows.size
+        scatter = S - np.outer(total, delta)
+    return shift + delta, 0.5 * (scatter + scatter.T)
 
 
 class FeatureRange:

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import solve_triangular
 
+from fairsteer.linalg import solve_triangular
 from fairsteer.model import GaussianModel
 from fairsteer.solve._maps import cholesky
 

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import solve_triangular
 
 from fairsteer.errors import InputError
-from fairsteer.linalg import symmetrize
+from fairsteer.linalg import solve_triangular, symmetrize
 
 Array = NDArray[np.float64]
 

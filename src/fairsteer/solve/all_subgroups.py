@@ -30,7 +30,7 @@ from scipy.special import logsumexp
 
 from fairsteer.model import GaussianModel
 from fairsteer.solve._frame import Frame, SharedReduction
-from fairsteer.solve._maps import GTOL, MAX_ITER, MapBlock, best_map, cholesky, closed_form_standard
+from fairsteer.solve._maps import GTOL, MAX_ITER, MapBlock, cholesky, closed_form_standard
 from fairsteer.solve.affirmative import _shared_maps, per_class_reference, reduced_cell_kl
 from fairsteer.solve.solution import Solution, solution_from_reduction, solution_from_standard
 
@@ -102,6 +102,23 @@ class _Problem:
         s.pi = np.exp(score - logsumexp(score))
 
 
+def _perturbed(base: _State, rng: np.random.Generator) -> _State:
+    """A random start near ``base`` that does not depend on the coordinates.
+
+    The priors are mixed with a Dirichlet draw and each reference mean moves
+    by a random combination of the centred reference means,
+    nu_i + 0.3 sum_j c_ij (nu_j - nubar): both are covariant under the
+    per-group affine maps of THEORY 4d, so equivalent models get equivalent
+    starts (a Gaussian kick in standardised coordinates would not).
+    """
+    st = base.copy()
+    K = st.pi.size
+    centred = st.nu - st.pi @ st.nu
+    st.nu = st.nu + 0.3 * rng.standard_normal((K, K)) @ centred
+    st.pi = 0.5 * st.pi + 0.5 * rng.dirichlet(np.ones(K))
+    return st
+
+
 def _descend_per_class(
     prob: _Problem, s: _State, max_iter: int, gtol: float, rng: np.random.Generator
 ) -> tuple[_State, float, dict]:
@@ -119,16 +136,12 @@ def _descend_per_class(
         if (sweeps > 0 and grad <= gtol) or sweeps == max_iter:
             break
         for a in range(m):
-            if sweeps == 0:
-                res = best_map(
-                    s.pi, s.nu, s.Om, prob.mu[a], prob.S[a], rng=rng, n_random=0, warm=s.g[a]
-                )
-                s.g[a], s.tau[a] = res.G, res.t
-                newton_iterations += res.iterations
-            else:
-                g, _, _, nit = blocks[a].newton(gs[a])
-                s.g[a], s.tau[a] = blocks[a].to_original(g)
-                newton_iterations += nit
+            # Newton from the current map: every step of the descent is then
+            # covariant under per-group affine maps (THEORY 4d), so equivalent
+            # models follow the same path to the same stationary point.
+            g, _, _, nit = blocks[a].newton(gs[a])
+            s.g[a], s.tau[a] = blocks[a].to_original(g)
+            newton_iterations += nit
         prob.update_reference(s)
         prob.update_priors(s, prob.cell_kl(s))
         s.fix_gauge()
@@ -149,7 +162,7 @@ def _per_class(
     mu = frame.means(np.asarray(model.means))
     S = frame.covariances(np.asarray(model.covariances))
     prob = _Problem(model, mu, S)
-    m, K, _d = mu.shape
+    m, _K, _d = mu.shape
     rng = np.random.default_rng(seed)
     starts = []
     for r in range(m):
@@ -162,11 +175,7 @@ def _per_class(
     best_affirmative = float(min(values))
     base = starts[int(np.argmin(values))]
     for _ in range(n_random):
-        st = base.copy()
-        st.nu = st.nu + 0.3 * rng.standard_normal(st.nu.shape)
-        st.pi = 0.5 * st.pi + 0.5 * rng.dirichlet(np.ones(K))
-        prob.update_priors(st, prob.cell_kl(st))
-        starts.append(st)
+        starts.append(_perturbed(base, rng))
     runs = []
     best = None
     for st in starts:
@@ -259,10 +268,7 @@ def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol:
     best_affirmative = float(min(values))
     base = starts[int(np.argmin(values))]
     for _ in range(n_random):
-        st = base.copy()
-        st.nu = st.nu + 0.3 * rng.standard_normal(st.nu.shape)
-        st.pi = 0.5 * st.pi + 0.5 * rng.dirichlet(np.ones(K))
-        starts.append(st)
+        starts.append(_perturbed(base, rng))
     runs = []
     best = None
     for st in starts:
