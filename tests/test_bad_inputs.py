@@ -585,3 +585,22 @@ def test_closed_pipe_is_quiet(tmp_path):
         os.close(write)
     assert res.stderr == ""
     assert res.returncode == 128 + signal.SIGPIPE
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [("kl", "0.1", "'kl' must be a finite number"), ("method", "magic", "method must be one of")],
+)
+def test_solution_json_fields_are_validated(tmp_path, capsys, key, value, words):
+    X, y, g = make_data()
+    sol = solve(fit_model(X, y, g))
+    data = sol.to_dict()
+    data[key] = value
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    code, _, err = run(capsys, "audit", path)
+    assert code == 0, err  # audit reads the model part only
+    from fairsteer.solve import Solution
+
+    with pytest.raises(InputError, match=words):
+        Solution.load(path)

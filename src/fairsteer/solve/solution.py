@@ -329,8 +329,16 @@ class Solution:
         # JSON keeps ~16 significant digits; products of d terms lose a few more.
         if err > 1e-8 * scale:
             raise InputError("solution JSON is inconsistent: its maps do not reproduce the model")
-        m_kl = np.array(data.get("cell_kl", np.full((m, K), np.nan)), dtype=np.float64)
-        p_kl = np.array(data.get("prior_kl", np.full(m, np.nan)), dtype=np.float64)
+        try:
+            m_kl = np.array(data.get("cell_kl", np.full((m, K), np.nan)), dtype=np.float64)
+            p_kl = np.array(data.get("prior_kl", np.full(m, np.nan)), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("solution JSON: 'cell_kl' and 'prior_kl' must be numbers") from None
+        kl = data["kl"]
+        if isinstance(kl, bool) or not isinstance(kl, int | float) or not np.isfinite(kl):
+            raise InputError(f"solution JSON: 'kl' must be a finite number, got {kl!r}")
+        if data["method"] not in METHODS:
+            raise InputError(f"solution JSON: method must be one of {METHODS}")
         return cls(
             ideal=ideal,
             method=str(data["method"]),
@@ -339,7 +347,7 @@ class Solution:
             reference_covariances=covs,
             G=G,
             t=t,
-            kl=float(data["kl"]),
+            kl=float(kl),
             cell_kl=m_kl,
             prior_kl=p_kl,
             reference_group=data.get("reference_group"),
