@@ -737,36 +737,16 @@ def _suspicious(stats: CellStats) -> bool:
 
 
 def _check_range(Z: Array, features: Sequence[str] | None) -> None:
-    """Reject features whose variances float64 cannot hold (too large or too small)."""
-    if Z.size == 0:
-        return
-    big = np.finfo(np.float64).max
-    tiny = np.finfo(np.float64).tiny
-    eps = np.finfo(np.float64).eps
-    n = Z.shape[0]
-    hi, lo = Z.max(axis=0), Z.min(axis=0)  # two passes over Z, no temporary copy
-    magnitude = np.maximum(np.abs(hi), np.abs(lo))
-    with np.errstate(over="ignore", invalid="ignore"):
-        spread = hi - lo
-    # The scatter sums n squares of centred values: it overflows when the
-    # spread exceeds sqrt(max / n) (~1e154 / sqrt(n)).
-    # The mean sums n values and overflows beyond max / n.
-    too_big = ~np.isfinite(spread) | (magnitude > big / n) | (spread > np.sqrt(big / n))
-    # A variance below tiny / eps (~1e-292, a spread below ~1e-146) is subnormal
-    # or close to it and has lost its precision.
-    too_small = (spread > 0) & (spread < np.sqrt(tiny / eps))
-    for mask, what, fix in (
-        (too_big, "large", "divide it by a constant"),
-        (too_small, "small", "multiply it by a constant"),
-    ):
-        if mask.any():
-            j = int(np.flatnonzero(mask)[0])
-            name = repr(features[j]) if features is not None else f"{j}"
-            raise InputError(
-                f"feature {name} is too {what} in magnitude (values up to {magnitude[j]:.3g}, "
-                f"spread {spread[j]:.3g}) for float64 variances; {fix} (the results do not "
-                "depend on units)"
-            )
+    """Reject features whose variances float64 cannot hold (too large or too small).
+
+    The rule lives in :class:`fairsteer.stats.FeatureRange` (shared with the
+    streamed fit of the command line).
+    """
+    from fairsteer.stats import FeatureRange
+
+    rng = FeatureRange(Z.shape[1])
+    rng.update(Z)
+    rng.check(features)
 
 
 def fit_model(
