@@ -9,7 +9,8 @@ column: the synthetic CSV repeated), as CSV and Parquet, prints
   each run in a fresh subprocess: the time of ``fairsteer.cli.main`` inside it
   (imports and interpreter start excluded; printed separately) as a ratio to
   the read, and the peak resident memory of the subprocess (its own
-  ``ru_maxrss``);
+  ``VmHWM``; ``ru_maxrss`` would carry over the parent's peak through fork
+  and exec);
 - ``base``: the peak memory of a subprocess that only imports what the
   commands import, and ``chunk``: the in-memory size of one chunk (one Arrow
   batch of the reader). Memory goal: peak - base < 2 x chunk + model, at both
@@ -38,13 +39,17 @@ from _timing import best_of
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 CHILD = """
-import resource, sys, time
+import sys, time
 t0 = time.perf_counter()
 import fairsteer.cli, fairsteer.io, fairsteer.maps, fairsteer.solve, pyarrow.csv, pyarrow.parquet
 t1 = time.perf_counter()
 code = 0 if sys.argv[1] == "imports" else fairsteer.cli.main(sys.argv[1:])
 t2 = time.perf_counter()
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+# VmHWM is this process's own peak: ru_maxrss is carried over from the parent
+# through fork and exec on Linux, so it would report the benchmark's own peak.
+rss = next(
+    int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")
+)  # KB
 print(f"TIMES {t1 - t0} {t2 - t1} {code} {rss}")
 """
 

@@ -573,21 +573,3 @@ def best_map(
         starts=len(runs),
         start_values=[run[0] for run in runs],
     )
-
-
-def polish_map(
-    pi: Array,
-    nu: Array,
-    Om: Array,
-    mu: Array,
-    S: Array,
-    G0: Array,
-    *,
-    gtol: float = GTOL,
-    max_iter: int = MAX_ITER,
-) -> MapResult:
-    """Newton from one warm start only (the per-class map block of all subgroups)."""
-    block = MapBlock(pi, nu, Om, mu, S)
-    g, value, gnorm, nit = block.newton(block.to_standard(G0), max_iter, gtol)
-    G, t = block.to_original(g)
-    return MapResult(G, t, value, gnorm, bool(gnorm <= gtol), nit, 1, [value])

@@ -120,7 +120,7 @@ def _perturbed(base: _State, rng: np.random.Generator) -> _State:
 
 
 def _descend_per_class(
-    prob: _Problem, s: _State, max_iter: int, gtol: float, rng: np.random.Generator
+    prob: _Problem, s: _State, max_iter: int, gtol: float
 ) -> tuple[_State, float, dict]:
     m = prob.mu.shape[0]
     grad = np.inf
@@ -179,7 +179,7 @@ def _per_class(
     runs = []
     best = None
     for st in starts:
-        final, value, info = _descend_per_class(prob, st, max_iter, gtol, rng)
+        final, value, info = _descend_per_class(prob, st, max_iter, gtol)
         runs.append({"kl": value, **info})
         if best is None or value < best[1]:
             best = (final, value, info)
