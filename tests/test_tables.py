@@ -331,23 +331,3 @@ def test_csv_quoting_matches_the_standard_library():
     csv.writer(buf, lineterminator="\n").writerows([[c] * 2 for c in cells])
     quoted = fio._quote(pa.array(cells * 1)).to_pylist()
     assert "".join(f"{q},{q}\n" for q in quoted) == buf.getvalue()
-
-
-@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20])
-def test_record_blocks_cut_only_between_records(tmp_path, size):
-    """The bounded blocks fed to pyarrow (issue 15: memory) never split a record."""
-    import csv as _csv
-
-    from fairsteer.io import _record_blocks
-
-    path = tmp_path / "q.csv"
-    rows = [["a", "b"], *[[f'x "{k}"\n\r\nline', str(k)] for k in range(50)]]
-    with open(path, "w", newline="", encoding="utf-8-sig") as fh:
-        _csv.writer(fh, lineterminator="\r\n").writerows(rows)
-    blocks = list(_record_blocks(path, size))
-    assert b"".join(blocks) == path.read_bytes()
-    parsed = []
-    for block in blocks[1:]:
-        assert block.endswith(b"\n")
-        parsed += list(_csv.reader(block.decode().splitlines(keepends=True)))
-    assert parsed == rows[1:]

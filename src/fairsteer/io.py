@@ -697,59 +697,56 @@ class TableSource:
         return Chunk(self, start, len(rows), cols, lines)
 
     def _arrow_chunks(self) -> Iterator[Chunk]:
-        """pyarrow's CSV parser on bounded blocks of the file, every column as text.
+        """pyarrow's streaming reader, every column as text.
 
-        pyarrow's own streaming reader (``open_csv``) keeps memory that grows
-        with the file (about 240 MB live for a 222 MB CSV even when every batch
-        is dropped at once; apache/arrow#6764 reports the same), so the file is
-        cut here into blocks of about ``CHUNK_BYTES`` at newlines outside quoted
-        cells (:func:`_record_blocks`) and each block is parsed on its own.
-        Any parse failure (a ragged row, bad UTF-8, a quirk pyarrow refuses)
-        hands over to the standard-library reader at the same row, which gives
-        today's exact result or message.
+        A row longer than a block makes pyarrow fail: the read restarts with
+        larger blocks, skipping the rows already yielded. Any other parse
+        failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands over
+        to the standard-library reader at the same row, which gives today's
+        exact result or message.
         """
         pa = _pyarrow()
         import pyarrow.csv as pcsv
 
         done = 0
-        cr = self._has_cr()
-        convert = pcsv.ConvertOptions(
-            column_types={n: pa.string() for n in self.names}, strings_can_be_null=False
-        )
-        parse = pcsv.ParseOptions(newlines_in_values=True)
-        blocks = _record_blocks(self.path, max(1, CHUNK_BYTES))
-        header = next(blocks, b"")
-        try:
-            names = next(csv.reader([header.decode("utf-8-sig").rstrip("\r\n")]), [])
-        except (UnicodeDecodeError, csv.Error):
-            names = []
-        if names != self.names:
-            # A header the byte scan reads differently (blank lines first, say):
-            # the standard-library reader decides.
-            yield from self._stdlib_chunks(0)
-            return
-        try:
-            for block in blocks:
-                read = pcsv.ReadOptions(column_names=self.names, block_size=len(block) + 1)
-                table = pcsv.read_csv(
-                    pa.py_buffer(block),
-                    read_options=read,
-                    parse_options=parse,
-                    convert_options=convert,
+        block = max(1, CHUNK_BYTES)
+        while True:
+            try:
+                reader = pcsv.open_csv(
+                    self.path,
+                    read_options=pcsv.ReadOptions(block_size=block),
+                    parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                    convert_options=pcsv.ConvertOptions(
+                        column_types={n: pa.string() for n in self.names},
+                        strings_can_be_null=False,
+                    ),
                 )
-                if table.num_rows == 0:
+                if reader.schema.names != self.names:
+                    break  # pyarrow reads the header differently: let csv decide
+                seen = 0
+                cr = self._has_cr()
+                for batch in reader:
+                    n = batch.num_rows
+                    if seen + n <= done:  # already yielded before a restart
+                        seen += n
+                        continue
+                    if seen < done:
+                        batch = batch.slice(done - seen)
+                    seen += n
+                    cols = {name: batch.column(j) for j, name in enumerate(self.names)}
+                    if cr and any(_has_substring(c, "\r") for c in cols.values()):
+                        # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
+                        # boundary splits: cells with a CR are read by csv instead.
+                        yield from self._stdlib_chunks(done)
+                        return
+                    yield Chunk(self, done, batch.num_rows, cols)
+                    done += batch.num_rows
+                return
+            except pa.ArrowInvalid as exc:
+                if "straddl" in str(exc) and block < (1 << 31) // 4:
+                    block *= 4
                     continue
-                cols = {name: table.column(j).combine_chunks() for j, name in enumerate(self.names)}
-                if cr and any(_has_substring(c, "\r") for c in cols.values()):
-                    # Cells with a CR are read by csv (pyarrow 26 can lose the
-                    # "\n" of a quoted "\r\n").
-                    yield from self._stdlib_chunks(done)
-                    return
-                yield Chunk(self, done, table.num_rows, cols)
-                done += table.num_rows
-            return
-        except pa.ArrowInvalid:
-            pass
+                break
         yield from self._stdlib_chunks(done)
 
     def _has_cr(self) -> bool:
@@ -1081,49 +1078,3 @@ def _pyarrow_compute() -> Any:
     import pyarrow.compute
 
     return pyarrow.compute
-
-
-def _record_blocks(path: str | os.PathLike[str], size: int) -> Iterator[bytes]:
-    """The header record, then the data rows of a CSV file in blocks of about ``size`` bytes.
-
-    A block ends after a newline that lies outside quoted cells: the parity
-    of the number of quote characters before it is even (a doubled quote
-    inside a cell toggles twice). The first item is the header record's bytes
-    (with a byte-order mark, if any). A record longer than ``size`` makes
-    its block grow until the record fits.
-    """
-    import numpy as np
-
-    quote, newline = ord('"'), ord("\n")
-    carry = b""
-    header = True
-    with open(path, "rb") as fh:
-        while True:
-            data = fh.read(size)
-            if not data:
-                break
-            buf = carry + data
-            arr = np.frombuffer(buf, dtype=np.uint8)
-            parity = np.cumsum(arr == quote) & 1
-            cuts = np.flatnonzero((arr == newline) & (parity == 0))
-            if header:
-                if cuts.size == 0:
-                    carry = buf
-                    continue
-                yield buf[: cuts[0] + 1]
-                buf = buf[cuts[0] + 1 :]
-                header = False
-                carry = b""
-                arr = np.frombuffer(buf, dtype=np.uint8)
-                parity = np.cumsum(arr == quote) & 1
-                cuts = np.flatnonzero((arr == newline) & (parity == 0))
-            if cuts.size == 0:
-                carry = buf
-                continue
-            end = int(cuts[-1]) + 1
-            carry = buf[end:]
-            yield buf[:end]
-    if header:
-        yield carry  # the header without a final newline (no data rows)
-    elif carry:
-        yield carry
