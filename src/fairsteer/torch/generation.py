@@ -43,8 +43,9 @@ What is well-posed. With d in the hundreds (576 for SmolLM2) and a few
 thousand strongly correlated token states per cell, raw covariances are
 ill-conditioned and the OT map's :math:`S^{-1/2}` amplifies noise: fit the
 cells with shrinkage (``shrinkage="oas"``). The EF solve with per-concept
-covariances is a non-convex quasi-Newton search over :math:`d^2` parameters
-per group (minutes already at d = 64), so for hidden states use
+covariances is a non-convex trust-region Newton search over :math:`d^2`
+parameters per group (about 24 s at d = 100, benchmarks/bench_engine.py), so
+for hidden states use
 ``covariance="shared"`` (one covariance per group, the closed form of
 THEORY 4a) for the solve; the map's SOURCE cell may still be the per-concept
 moments of the undesired states (``source=``), so that on the fitting sample
