@@ -38,32 +38,29 @@ instances = st.tuples(
 )
 
 
-def badly_scaled_model(m, K, d, shared, seed):
-    """Random model with feature scales 10^-4..10^4 and offsets up to 10^4."""
-    rng = np.random.default_rng(seed)
+def _unit_parameters(rng, m, K, d, shared):
+    """Priors, means and covariances on unit scales (condition number ~10)."""
     priors = rng.dirichlet(np.full(m * K, 3.0)).reshape(m, K)
     means = rng.normal(size=(m, K, d)) * 1.5
     A = rng.normal(size=(m, K, d, d))
     covs = A @ np.swapaxes(A, -1, -2) + 0.3 * np.eye(d)
     if shared:
         covs = np.repeat(covs[:, :1], K, axis=1)
+    return priors, means, covs
+
+
+def badly_scaled_model(m, K, d, shared, seed):
+    """Random model with feature scales 10^-4..10^4 and offsets up to 10^4."""
+    rng = np.random.default_rng(seed)
+    priors, means, covs = _unit_parameters(rng, m, K, d, shared)
     scale = 10.0 ** rng.uniform(-4, 4, size=d)
     offset = rng.uniform(-1e4, 1e4, size=d)
-    means = means * scale + offset
-    covs = covs * np.outer(scale, scale)
-    return GaussianModel(priors, means, covs)
+    return GaussianModel(priors, means * scale + offset, covs * np.outer(scale, scale))
 
 
 def unit_model(m, K, d, shared, seed):
     """Random model on unit scales (correlated features, condition number ~10)."""
-    rng = np.random.default_rng(seed)
-    priors = rng.dirichlet(np.full(m * K, 3.0)).reshape(m, K)
-    means = rng.normal(size=(m, K, d)) * 1.5
-    A = rng.normal(size=(m, K, d, d))
-    covs = A @ np.swapaxes(A, -1, -2) + 0.3 * np.eye(d)
-    if shared:
-        covs = np.repeat(covs[:, :1], K, axis=1)
-    return GaussianModel(priors, means, covs)
+    return GaussianModel(*_unit_parameters(np.random.default_rng(seed), m, K, d, shared))
 
 
 def random_affine(model, seed):

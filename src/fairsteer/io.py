@@ -20,15 +20,10 @@ the float. Parquet keeps the original Arrow types.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import importlib.util
 import io
 import os
-import signal
-import stat
-import tempfile
-import threading
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.model import write_atomic
+from fairsteer.model import atomic_output, write_atomic
 
 __all__ = [
     "Chunk",
@@ -972,105 +967,6 @@ def _python_text(chunk: Chunk, name: str) -> list[str]:
     if isinstance(col, list):
         return col
     return ["" if v is None else str(v) for v in col.to_pylist()]
-
-
-# ------------------------------------------------------------- atomic output
-
-
-class _Terminated(BaseException):
-    """Raised by the temporary signal handler of :func:`atomic_output`."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-_CLEANUP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A binary file that replaces ``path`` when the ``with`` block succeeds.
-
-    The streaming counterpart of :func:`fairsteer.model.write_atomic`, with
-    its guarantees: the data go to a temporary file in the same folder that is
-    renamed over ``path`` at the end, so readers see the old file or the
-    complete new one; the new file gets the mode of the file it replaces, or
-    else 0666 minus the umask; on an error, or when the process is told to
-    terminate (SIGTERM, SIGHUP) during the block, the temporary file is removed
-    and ``path`` is left as it was (a terminating signal then takes its usual
-    effect).
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file to write.
-
-    Yields
-    ------
-    binary file
-        Open for writing; closed by the context manager.
-    """
-    path = Path(path)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        mask = os.umask(0o022)  # the umask can only be read by setting it
-        os.umask(mask)
-        mode = 0o666 & ~mask
-    # While "active" a terminating signal aborts the write (raises _Terminated);
-    # afterwards it is only recorded, and re-delivered once the handlers are back.
-    state: dict[str, Any] = {"active": True, "pending": None}
-    previous = _install_cleanup_handlers(state)
-    tmp = None
-    try:
-        try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."
-            )
-            with os.fdopen(fd, "wb") as fh:
-                yield fh
-                fh.flush()
-                os.fchmod(fh.fileno(), mode)
-            os.replace(tmp, path)
-            tmp = None
-        except _Terminated as exc:
-            state["pending"] = exc.signum
-        finally:
-            state["active"] = False
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-    except _Terminated as exc:  # arrived in the instant before "active" was cleared
-        state["pending"] = exc.signum
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if state["pending"] is not None:
-        signal.raise_signal(state["pending"])  # the usual effect: by default, termination
-        name = signal.Signals(state["pending"]).name
-        raise InterruptedError(f"writing {path} was interrupted by {name}")
-
-
-def _install_cleanup_handlers(state: dict[str, Any]) -> dict[int, Any]:
-    """Make SIGTERM/SIGHUP raise :class:`_Terminated` (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum: int, frame: Any) -> None:
-        if state["active"]:
-            raise _Terminated(signum)
-        state["pending"] = signum
-
-    previous = {}
-    for sig in _CLEANUP_SIGNALS:
-        old = signal.getsignal(sig)
-        if old is signal.SIG_IGN or old is None:
-            continue  # ignored (e.g. nohup) or set outside Python: leave it alone
-        previous[sig] = old
-        signal.signal(sig, handler)
-    return previous
 
 
 def _pyarrow_compute() -> Any:

@@ -13,16 +13,17 @@ decisions are unchanged by that bijection (THEORY section 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -407,7 +408,7 @@ _CLEANUP_SIGNALS = tuple(
 
 
 class _Terminated(BaseException):
-    """Raised by the temporary signal handler of :func:`write_atomic`."""
+    """Raised by the temporary signal handler of :func:`atomic_output`."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -428,7 +429,8 @@ def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
     The new file gets the mode of the file it replaces, or else the mode a
     plain ``open(path, "w")`` would give (0666 minus the umask). If the
     process is told to terminate (SIGTERM, SIGHUP) during the write, the
-    temporary file is removed before the signal takes its usual effect.
+    temporary file is removed before the signal takes its usual effect
+    (:func:`atomic_output`).
 
     Parameters
     ----------
@@ -437,8 +439,34 @@ def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
     text : str or bytes
         Its content (str is encoded as UTF-8).
     """
-    path = Path(path)
     data = text.encode() if isinstance(text, str) else text
+    with atomic_output(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the ``with`` block succeeds.
+
+    The data go to a temporary file in the same folder that is renamed over
+    ``path`` at the end, so readers see the old file or the complete new one;
+    the new file gets the mode of the file it replaces, or else 0666 minus
+    the umask; on an error, or when the process is told to terminate
+    (SIGTERM, SIGHUP) during the block, the temporary file is removed and
+    ``path`` is left as it was (a terminating signal then takes its usual
+    effect).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+
+    Yields
+    ------
+    binary file
+        Open for writing; closed by the context manager.
+    """
+    path = Path(path)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:
@@ -454,7 +482,8 @@ def write_atomic(path: str | os.PathLike[str], text: str | bytes) -> None:
                 prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or "."
             )
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                yield fh
+                fh.flush()
                 os.fchmod(fh.fileno(), mode)
             os.replace(tmp, path)
             tmp = None

@@ -25,7 +25,12 @@ from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 from fairsteer.solve._frame import Frame, SharedReduction
 from fairsteer.solve._maps import GTOL, MAX_ITER, best_map, cholesky, closed_form_standard
-from fairsteer.solve.solution import Solution, solution_from_reduction, solution_from_standard
+from fairsteer.solve.solution import (
+    Solution,
+    chain_rule_kl,
+    solution_from_reduction,
+    solution_from_standard,
+)
 
 __all__ = ["affirmative_action"]
 
@@ -138,10 +143,6 @@ def reduced_cell_kl(g: Array, Om: Array, nu: Array, tau: Array, y: Array) -> Arr
     return 0.5 * (np.trace(Sig) + np.sum(r**2, axis=1) - q - logdet)
 
 
-def _prior_kl(pi_tilde: Array, pi_all: Array) -> Array:
-    return np.sum(pi_tilde * (np.log(pi_tilde) - np.log(pi_all)), axis=1)
-
-
 def _shared(model: GaussianModel, candidates: list[int]) -> Solution:
     red = SharedReduction.of(model)
     pi_all = model.class_priors
@@ -149,8 +150,7 @@ def _shared(model: GaussianModel, candidates: list[int]) -> Solution:
     results = {}
     for r in candidates:
         g, tau, cell_kl = _shared_maps(red, pi_all, r)
-        prior_kl = _prior_kl(pi_all[r], pi_all)
-        total = float(w @ (prior_kl + cell_kl @ pi_all[r]))
+        total, prior_kl = chain_rule_kl(w, pi_all[r], pi_all, cell_kl)
         results[r] = (total, g, tau, cell_kl, prior_kl)
     r = min(results, key=lambda k: results[k][0])
     total, g, tau, cell_kl, prior_kl = results[r]
@@ -255,6 +255,7 @@ def _per_class(
             S[r],
             g,
             tau,
+            standard=(mu, S),
             gauge=r,
             reference_group=model.groups[r],
             diagnostics=diagnostics,

@@ -24,6 +24,9 @@ reference is only defined up to an affine map: it is fixed by g_0 = I.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy.special import logsumexp
@@ -32,7 +35,12 @@ from fairsteer.model import GaussianModel
 from fairsteer.solve._frame import Frame, SharedReduction
 from fairsteer.solve._maps import GTOL, MAX_ITER, MapBlock, cholesky, closed_form_standard
 from fairsteer.solve.affirmative import _shared_maps, per_class_reference, reduced_cell_kl
-from fairsteer.solve.solution import Solution, solution_from_reduction, solution_from_standard
+from fairsteer.solve.solution import (
+    Solution,
+    chain_rule_kl,
+    solution_from_reduction,
+    solution_from_standard,
+)
 
 __all__ = ["all_subgroups"]
 
@@ -67,7 +75,8 @@ class _Problem:
     def __init__(self, model: GaussianModel, mu: Array, S: Array) -> None:
         self.mu, self.S = mu, S
         self.w = model.group_weights
-        self.logpi = np.log(model.class_priors)
+        self.pi_all = model.class_priors
+        self.logpi = np.log(self.pi_all)
         chol = cholesky(S)
         inv = np.linalg.inv(chol)
         self.P = np.swapaxes(inv, -1, -2) @ inv
@@ -84,8 +93,7 @@ class _Problem:
         return 0.5 * (trace + maha - d + self.logdet - logdet_sig)
 
     def total(self, s: _State, cell_kl: Array) -> float:
-        prior_kl = np.sum(s.pi * (np.log(s.pi) - self.logpi), axis=1)
-        return float(self.w @ (prior_kl + cell_kl @ s.pi))
+        return chain_rule_kl(self.w, s.pi, self.pi_all, cell_kl)[0]
 
     def update_reference(self, s: _State) -> None:
         gt = np.swapaxes(s.g, -1, -2)[:, None]  # (m, 1, d, d)
@@ -117,6 +125,42 @@ def _perturbed(base: _State, rng: np.random.Generator) -> _State:
     st.nu = st.nu + 0.3 * rng.standard_normal((K, K)) @ centred
     st.pi = 0.5 * st.pi + 0.5 * rng.dirichlet(np.ones(K))
     return st
+
+
+def _best_of_starts(
+    starts: list[_State],
+    values: list[float],
+    n_random: int,
+    rng: np.random.Generator,
+    descend: Callable[[_State], tuple[_State, float, dict, Any]],
+) -> tuple[_State, Any, dict]:
+    """Run ``descend`` from every start and keep the lowest KL.
+
+    ``starts`` are the affirmative solutions (KLs ``values``); ``n_random``
+    covariant perturbations of the best of them are added. ``descend`` returns
+    the final state, its KL, its run diagnostics and one extra result, which is
+    returned for the best run with the diagnostics common to both solvers.
+    """
+    base = starts[int(np.argmin(values))]
+    starts = starts + [_perturbed(base, rng) for _ in range(n_random)]
+    runs = []
+    best = None
+    for st in starts:
+        final, value, info, extra = descend(st)
+        runs.append({"kl": value, **info})
+        if best is None or value < best[1]:
+            best = (final, value, info, extra)
+    assert best is not None
+    final, _, info, extra = best
+    common = {
+        "starts": len(starts),
+        "converged": info["converged"],
+        "grad_norm": info["grad_norm"],
+        "sweeps": info["sweeps"],
+        "runs": runs,
+        "best_affirmative_kl": float(min(values)),
+    }
+    return final, extra, common
 
 
 def _descend_per_class(
@@ -172,28 +216,15 @@ def _per_class(
         st.fix_gauge()
         starts.append(st)
     values = [prob.total(st, prob.cell_kl(st)) for st in starts]
-    best_affirmative = float(min(values))
-    base = starts[int(np.argmin(values))]
-    for _ in range(n_random):
-        starts.append(_perturbed(base, rng))
-    runs = []
-    best = None
-    for st in starts:
-        final, value, info = _descend_per_class(prob, st, max_iter, gtol)
-        runs.append({"kl": value, **info})
-        if best is None or value < best[1]:
-            best = (final, value, info)
-    assert best is not None
-    final, value, info = best
+
+    def descend(st: _State) -> tuple[_State, float, dict, None]:
+        return (*_descend_per_class(prob, st, max_iter, gtol), None)
+
+    final, _, common = _best_of_starts(starts, values, n_random, rng, descend)
     diagnostics = {
         "solver": "block-coordinate descent with trust-region Newton map blocks (standardised)",
-        "starts": len(starts),
-        "converged": info["converged"],
-        "grad_norm": info["grad_norm"],
+        **common,
         "gtol": gtol,
-        "sweeps": info["sweeps"],
-        "runs": runs,
-        "best_affirmative_kl": best_affirmative,
     }
     return solution_from_standard(
         model,
@@ -204,6 +235,7 @@ def _per_class(
         final.Om,
         final.g,
         final.tau,
+        standard=(mu, S),
         gauge=0,
         diagnostics=diagnostics,
     )
@@ -263,22 +295,14 @@ def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol:
         st = _State(pi_all[r].copy(), red.y[r].copy(), np.eye(q), g, tau)
         st.fix_gauge()
         starts.append(st)
-        prior_kl = np.sum(pi_all[r] * (np.log(pi_all[r]) - logpi), axis=1)
-        values.append(float(w @ (prior_kl + cell_kl @ pi_all[r])))
-    best_affirmative = float(min(values))
-    base = starts[int(np.argmin(values))]
-    for _ in range(n_random):
-        starts.append(_perturbed(base, rng))
-    runs = []
-    best = None
-    for st in starts:
-        value = np.inf
+        values.append(chain_rule_kl(w, pi_all[r], pi_all, cell_kl)[0])
+
+    def descend(st: _State) -> tuple[_State, float, dict, Array]:
         sweeps = 0
         grad = np.inf
         cell_kl = np.zeros((m, K))
         if q == 0:
             # Every group's class means coincide after standardising: only priors move.
-            cell_kl = np.zeros((m, K))
             score = (w[:, None] * logpi).sum(axis=0) / w.sum()
             st.pi = np.exp(score - logsumexp(score))
             grad = 0.0
@@ -289,24 +313,16 @@ def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol:
                 grad = _shared_grad(red, st)
                 if grad <= gtol:
                     break
-        prior_kl = np.sum(st.pi * (np.log(st.pi) - logpi), axis=1)
-        value = float(w @ (prior_kl + cell_kl @ st.pi))
+        value = chain_rule_kl(w, st.pi, pi_all, cell_kl)[0]
         info = {"sweeps": sweeps, "grad_norm": grad, "converged": bool(grad <= gtol)}
-        runs.append({"kl": value, **info})
-        if best is None or value < best[1]:
-            best = (st, value, info, cell_kl)
-    assert best is not None
-    final, value, info, cell_kl = best
+        return st, value, info, cell_kl
+
+    final, cell_kl, common = _best_of_starts(starts, values, n_random, rng, descend)
     diagnostics = {
         "solver": "block-coordinate descent in the span of the standardised class means",
         "subspace_dim": q,
-        "starts": len(starts),
-        "converged": info["converged"],
-        "grad_norm": info["grad_norm"],
+        **common,
         "gtol": gtol,
-        "sweeps": info["sweeps"],
-        "runs": runs,
-        "best_affirmative_kl": best_affirmative,
     }
     return solution_from_reduction(
         model,

@@ -19,7 +19,14 @@ from fairsteer.errors import InputError
 from fairsteer.linalg import kl_gaussian_cells, symmetrize, tv_bound_from_kl
 from fairsteer.model import GaussianModel, read_json, write_atomic
 
-__all__ = ["METHODS", "Solution", "ideal_model", "objective", "solution_from_standard"]
+__all__ = [
+    "METHODS",
+    "Solution",
+    "chain_rule_kl",
+    "ideal_model",
+    "objective",
+    "solution_from_standard",
+]
 
 Array = NDArray[np.float64]
 METHODS = ("affirmative", "all-subgroups")
@@ -54,6 +61,19 @@ def ideal_model(
         new_covs = symmetrize(G[:, None] @ Om[None] @ np.swapaxes(G, -1, -2)[:, None])
     joint = original.group_weights[:, None] * pi[None, :]
     return original.with_params(joint, new_means, new_covs)
+
+
+def chain_rule_kl(
+    weights: Array, priors: Array, class_priors: Array, cell_kl: Array
+) -> tuple[float, Array]:
+    """Total KL of an ideal model with common priors ``priors`` (K,), and its prior parts.
+
+    sum_a w_a [KL(pi~ || pi[a]) + sum_i pi~_i KL(F~[a,i] || F[a,i])] (THEORY 4)
+    for group weights ``weights`` (m,), the original class priors
+    ``class_priors`` (m, K) and the cell KLs ``cell_kl`` (m, K).
+    """
+    prior_kl = np.sum(priors * (np.log(priors) - np.log(class_priors)), axis=1)
+    return float(weights @ (prior_kl + cell_kl @ priors)), prior_kl
 
 
 def objective(original: GaussianModel, ideal: GaussianModel) -> tuple[float, Array, Array]:
@@ -106,13 +126,16 @@ def solution_from_standard(
     g: Array,
     tau: Array,
     *,
+    standard: tuple[Array, Array],
     gauge: int,
     reference_group: Hashable | None = None,
     diagnostics: dict[str, Any] | None = None,
 ) -> Solution:
     """A solution found on the standardised model, mapped back to original units.
 
-    ``nu`` (K, d) and ``Om`` (K, d, d) are the reference in the standardised
+    ``standard`` is the standardised model the solver saw, (means (m, K, d),
+    covariances (m, K, d, d)) = (``frame.means``, ``frame.covariances``) of the
+    original. ``nu`` (K, d) and ``Om`` (K, d, d) are the reference in the standardised
     coordinates of group ``gauge``, whose map must be the identity
     (g[gauge] = I, tau[gauge] = 0). The KL and its parts are evaluated in
     standardised coordinates (exactly invariant, THEORY 4d). For affirmative
@@ -120,16 +143,13 @@ def solution_from_standard(
     the original model bit for bit.
     """
     m, K, d = original.means.shape
-    mu_std = frame.means(np.asarray(original.means))
-    S_std = frame.covariances(np.asarray(original.covariances))
+    mu_std, S_std = standard
     Om = np.broadcast_to(Om, (K, d, d))
     means_std = nu @ np.swapaxes(g, -1, -2) + tau[:, None, :]
     covs_std = symmetrize(g[:, None] @ Om[None] @ np.swapaxes(g, -1, -2)[:, None])
     cell_kl = _standard_cell_kl(means_std, covs_std, mu_std, S_std)
-    pi_all = original.class_priors
-    prior_kl = np.sum(priors * (np.log(priors) - np.log(pi_all)), axis=1)
     w = original.group_weights
-    total = float(w @ (prior_kl + cell_kl @ priors))
+    total, prior_kl = chain_rule_kl(w, priors, original.class_priors, cell_kl)
     L, c = frame.L, frame.c
     means = np.einsum("ade,ake->akd", L, means_std) + c[:, None, :]
     covs = symmetrize(L[:, None] @ covs_std @ np.swapaxes(L, -1, -2)[:, None])
@@ -408,10 +428,8 @@ def solution_from_reduction(
     solve of d x d per group plus O(d^2 q) updates: no d^3 work per class.
     """
     m, K, d = original.means.shape
-    pi_all = original.class_priors
-    prior_kl = np.sum(priors * (np.log(priors) - np.log(pi_all)), axis=1)
     w = original.group_weights
-    total = float(w @ (prior_kl + cell_kl @ priors))
+    total, prior_kl = chain_rule_kl(w, priors, original.class_priors, cell_kl)
     G = np.empty((m, d, d))
     t = np.empty((m, d))
     means = np.empty((m, K, d))
