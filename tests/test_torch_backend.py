@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from _tiny_models import tiny_bert  # noqa: E402
+from fairsteer.fit import fit_model  # noqa: E402
 from fairsteer.maps import SteeringMaps  # noqa: E402
-from fairsteer.model import fit_model  # noqa: E402
 from fairsteer.solve import solve  # noqa: E402
 from fairsteer.stats import cell_statistics  # noqa: E402
 from fairsteer.torch import SteeringModule, StreamingMoments, steer_layer  # noqa: E402

@@ -102,8 +102,8 @@ def posterior(model: GaussianModel, X: ArrayLike, groups: ArrayLike) -> Array:
 
     ``X`` is on the data scale (log-normal columns are logged here).
     """
-    Z = model.to_log_space(X)
-    lj = class_logits(model, Z, group_codes(model, groups))
+    g = group_codes(model, groups)
+    lj = class_logits(model, model.to_gaussian_scale(X, g), g)
     return np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
 
 

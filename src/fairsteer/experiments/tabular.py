@@ -153,7 +153,7 @@ def _one_seed(
     from fairsteer.audit import audit
     from fairsteer.baselines import gaussian_ot_between_groups, mean_matching, reweighing_weights
     from fairsteer.estimator import OptimalSteering
-    from fairsteer.model import fit_model
+    from fairsteer.fit import fit_model
 
     Xc, y, g = data.X_continuous, data.y, data.groups
     cats = data.frame[list(data.categorical)].astype(str).to_numpy()

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from fairsteer.errors import InputError
-from fairsteer.maps import UNLABELED_MODES, SteeringMaps
+from fairsteer.maps import SteeringMaps
+from fairsteer.options import UNLABELED_MODES
 from fairsteer.stats import CellStats
 
 __all__ = ["SteeringModule", "StreamingMoments", "steer_layer"]
@@ -89,7 +90,7 @@ class SteeringModule(torch.nn.Module):
 
     def __init__(self, maps: SteeringMaps) -> None:
         super().__init__()
-        if maps.original.log_features.any():
+        if not maps.original.family.is_identity:
             raise InputError("SteeringModule supports normal-family models only")
         orig = maps.original
         L = np.linalg.cholesky(orig.covariances)
