@@ -21,7 +21,7 @@ from fairsteer.families import Families
 from fairsteer.linalg import all_finite
 from fairsteer.model import GaussianModel
 from fairsteer.options import COVARIANCES, check_choice, check_shrinkage
-from fairsteer.stats import CellStats, FeatureRange, cell_statistics
+from fairsteer.stats import CellStats, FeatureRange, cell_statistics, cell_statistics_from_codes
 
 __all__ = ["Fitter", "check_cell_covariances", "fit_model", "model_from_stats", "shrink_covariance"]
 
@@ -346,9 +346,7 @@ class Fitter:
         """Add a batch of rows (features on the data scale). Returns ``self``."""
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
-            raise InputError(
-                f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}"
-            )
+            raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
         fam = self._families(X.shape[1])
         Z = fam.forward(X, None, self.features, check=False) if not fam.is_identity else X
         stats = cell_statistics(
@@ -365,6 +363,25 @@ class Fitter:
             # only on this path) name the row, column or feature.
             fam.forward(X, None, self.features)
             _check_range(Z, self.features)
+        return self.update_stats(stats)
+
+    def update_codes(
+        self, Z: Array, group_codes: NDArray[np.intp], class_codes: NDArray[np.intp]
+    ) -> Fitter:
+        """Add rows already on the Gaussian scale whose labels are integer codes.
+
+        The codes index ``group_labels`` and ``class_labels``, which must have
+        been given. ``Z`` must be finite (backends check their own inputs).
+        """
+        if self.group_labels is None or self.class_labels is None:
+            raise InputError("update_codes needs the fitter's group_labels and class_labels")
+        stats = cell_statistics_from_codes(
+            np.asarray(Z, dtype=np.float64),
+            np.asarray(group_codes, dtype=np.intp),
+            np.asarray(class_codes, dtype=np.intp),
+            self.group_labels,
+            self.class_labels,
+        )
         return self.update_stats(stats)
 
     def update_stats(self, stats: CellStats) -> Fitter:

@@ -21,14 +21,16 @@ Log-normal features are mapped on the log scale and exponentiated back.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fairsteer.bayes import class_logits, group_codes
+from fairsteer.bayes import group_codes
 from fairsteer.errors import InputError
+from fairsteer.kernels import CellKernels
 from fairsteer.linalg import gaussian_ot_matrix
 from fairsteer.model import GaussianModel
 from fairsteer.options import UNLABELED_MODES
@@ -105,33 +107,15 @@ class SteeringMaps:
         """True when every class of a group shares its linear part A (shared covariance)."""
         return self.original.shared_covariance and self.ideal.shared_covariance
 
-    def _linear_shift(self, a: int, inverse: bool) -> tuple[Array, Array]:
-        """Group a's maps as z -> z A^T + shift[i]: (A, shift) with shift (K, d)."""
-        src, dst = (self.ideal, self.original) if inverse else (self.original, self.ideal)
-        A = np.linalg.inv(self.A[a, 0]) if inverse else self.A[a, 0]
-        return A, dst.means[a] - src.means[a] @ A.T
+    @functools.cached_property
+    def kernels(self) -> CellKernels:
+        """The row formulas of these maps (:class:`fairsteer.kernels.CellKernels`)."""
+        return CellKernels(self.original, self)
 
-    def _cell_apply(
-        self, Z: Array, c: NDArray[np.intp], g: NDArray[np.intp], inverse: bool = False
-    ) -> Array:
-        out = np.empty_like(Z)
-        src, dst = (self.ideal, self.original) if inverse else (self.original, self.ideal)
-        for a in range(self.original.n_groups):
-            in_group = np.flatnonzero(g == a)
-            if in_group.size == 0:
-                continue
-            if self.shared:
-                # One GEMM per group: every class shares A, only the shift differs.
-                A, shift = self._linear_shift(a, inverse)
-                out[in_group] = Z[in_group] @ A.T + shift[c[in_group]]
-                continue
-            for i in range(self.original.n_classes):
-                rows = in_group[c[in_group] == i]
-                if rows.size == 0:
-                    continue
-                A = np.linalg.inv(self.A[a, i]) if inverse else self.A[a, i]
-                out[rows] = dst.means[a, i] + (Z[rows] - src.means[a, i]) @ A.T
-        return out
+    @functools.cached_property
+    def inverse_kernels(self) -> CellKernels:
+        """The row formulas of the inverse maps (ideal -> original)."""
+        return CellKernels(self.original, self, inverse=True)
 
     # ------------------------------------------------------------ samples
     def steer(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike) -> Array:
@@ -141,12 +125,12 @@ class SteeringMaps:
         mapped on the log scale and exponentiated back).
         """
         c, g, Z = self._prepare(X, y, groups, self.original)
-        return self.original.from_gaussian_scale(self._cell_apply(Z, c, g), g)
+        return self.original.from_gaussian_scale(self.kernels.steer(Z, g, c), g)
 
     def inverse(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike) -> Array:
         """Exact inverse of :meth:`steer` (and of hard-mode ``transform`` with the same labels)."""
         c, g, Z = self._prepare(X, y, groups, self.ideal)
-        return self.original.from_gaussian_scale(self._cell_apply(Z, c, g, inverse=True), g)
+        return self.original.from_gaussian_scale(self.inverse_kernels.steer(Z, g, c), g)
 
     def transform(
         self,
@@ -169,26 +153,14 @@ class SteeringMaps:
         c, g, Z = self._prepare(X, y_pred, groups, self.original)
         if mode == "none":
             return self.original.from_gaussian_scale(Z, g)
-        lj = class_logits(self.original, Z, g)
+        lj = self.kernels.logits(Z, g)
         if mode == "hard":
             if c is None:
                 c = np.argmax(lj, axis=1)
-            return self.original.from_gaussian_scale(self._cell_apply(Z, c, g), g)
+            return self.original.from_gaussian_scale(self.kernels.steer(Z, g, c), g)
         post = np.exp(lj - lj.max(axis=1, keepdims=True))
         post /= post.sum(axis=1, keepdims=True)
-        if self.shared:
-            # sum_i p_i (z A^T + shift_i) = z A^T + p @ shift: one GEMM per group.
-            out = np.empty_like(Z)
-            for a in range(self.original.n_groups):
-                rows = np.flatnonzero(g == a)
-                if rows.size:
-                    A, shift = self._linear_shift(a, inverse=False)
-                    out[rows] = Z[rows] @ A.T + post[rows] @ shift
-            return self.original.from_gaussian_scale(out, g)
-        out = np.zeros_like(Z)
-        for i in range(self.original.n_classes):
-            out += post[:, i : i + 1] * self._cell_apply(Z, np.full(Z.shape[0], i), g)
-        return self.original.from_gaussian_scale(out, g)
+        return self.original.from_gaussian_scale(self.kernels.soft_steer(Z, g, post), g)
 
     # ------------------------------------------------------------- priors
     def weights(self, y: ArrayLike, groups: ArrayLike) -> Array:

@@ -99,7 +99,5 @@ class SolverOptions:
             raise InputError("solver options must be a SolverOptions or a dict of its fields")
         unknown = sorted(set(options) - set(asdict(cls())))
         if unknown:
-            raise InputError(
-                f"unknown solver option(s) {unknown}; known: {sorted(asdict(cls()))}"
-            )
+            raise InputError(f"unknown solver option(s) {unknown}; known: {sorted(asdict(cls()))}")
         return cls(**options)
