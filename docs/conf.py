@@ -56,5 +56,6 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_preserve_defaults = True
 
 html_theme = "alabaster"
+html_theme_options = {"page_width": "1100px", "sidebar_width": "230px"}
 html_title = f"fairsteer {release}"
 html_static_path: list[str] = []
