@@ -72,7 +72,7 @@ def test_the_chapter_has_the_contract_numbering(tr):
 
 def test_unknown_sections_and_leftovers_are_reported(tr):
     known = tr.labels(ROOT / "docs/theory.md")
-    bad = ':ref:`theory-4e` and docs/theory.md section 11 and THEORY 3\n'
+    bad = ":ref:`theory-4e` and docs/theory.md section 11 and THEORY 3\n"
     found = list(tr.problems(bad, known))
     assert any("theory-4e" in p for p in found)
     assert any("'11'" in p for p in found)
