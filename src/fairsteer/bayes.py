@@ -1,6 +1,6 @@
 """Posteriors and the group-aware Bayes-optimal classifier of a model.
 
-THEORY section 2: for a cost matrix C (C[i, j] = cost of predicting j when the
+:ref:`theory-2`: for a cost matrix C (C[i, j] = cost of predicting j when the
 truth is i) the Bayes rule is h_C(x, a) = argmin_j sum_i C[i, j] P(Y=i | x, a).
 Binary with cost c for a false positive and 1 - c for a false negative:
 h_c(x, a) = 1{P(Y=1 | x, a) >= c}.

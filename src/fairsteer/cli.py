@@ -276,7 +276,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     ref = f", reference group {sol.reference_group!r}" if sol.reference_group is not None else ""
     print(
         f"{sol.method}{ref}: KL(ideal || original) = {sol.kl:.6g} nats -> {args.output}\n"
-        f"transfer bounds (THEORY 6): error {b['error']:.4f}, DP gap {b['dp_gap']:.4f}, "
+        f"transfer bounds (docs/theory.md section 6): error {b['error']:.4f}, "
+        f"DP gap {b['dp_gap']:.4f}, "
         f"EO gap {b['eo_gap']:.4f}, equalized odds {b['equalized_odds_gap']:.4f}"
     )
     return 0

@@ -99,7 +99,7 @@ class OptimalSteering:
     Parameters
     ----------
     method : {"affirmative", "all-subgroups"}
-        Nearest-ideal solver (THEORY 4a / 4b).
+        Nearest-ideal solver (:ref:`theory-4a` / :ref:`theory-4b`).
     family : "normal", "lognormal" or one per feature
     covariance : {"per-class", "shared"}
     reference : group name, optional
@@ -111,7 +111,7 @@ class OptimalSteering:
         importance weights pi~[i]/pi[a,i] in ``sample_weight_`` (rows unchanged),
         a stratified resample, or not at all.
     unlabeled : {"soft", "hard", "none"}
-        How ``transform`` treats rows whose label is unknown (THEORY 5).
+        How ``transform`` treats rows whose label is unknown (:ref:`theory-5`).
     seed : int
         Seed of the solvers' random starts and of resampling.
     solver_options : SolverOptions or dict, optional

@@ -68,7 +68,7 @@ class Family(ABC):
 
     @abstractmethod
     def log_jacobian(self, x: Array, groups: Codes | None = None) -> Array:
-        """log |d phi^-1 / dx| at x (turns a Gaussian-scale density into a data density)."""
+        """``log |d phi^-1 / dx|`` at x (turns a Gaussian-scale density into a data density)."""
 
     def domain_error(self, x: Array) -> int | None:
         """Index of the first value outside the family's domain, or None."""
@@ -268,7 +268,7 @@ class Families:
         return X
 
     def log_jacobian(self, X: ArrayLike, groups: Codes | None = None) -> Array:
-        """Row sums of log |d phi^-1 / dx| (shape (n,))."""
+        """Row sums of ``log |d phi^-1 / dx|`` (shape (n,))."""
         X = np.asarray(X, dtype=np.float64)
         out = np.zeros(X.shape[0])
         for j in np.flatnonzero(~self._identity):

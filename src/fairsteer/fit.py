@@ -99,7 +99,7 @@ def check_cell_covariances(
 ) -> None:
     """Reject covariances a model cannot use, naming the cell, the features and a fix.
 
-    The tests are scale-invariant (units do not matter, THEORY 4d): every
+    The tests are scale-invariant (units do not matter, :ref:`theory-4d`): every
     covariance is reduced to its correlation matrix before its rank is judged.
 
     Parameters

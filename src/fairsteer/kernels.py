@@ -5,13 +5,13 @@ need from a :class:`~fairsteer.model.GaussianModel` (and optionally its
 :class:`~fairsteer.maps.SteeringMaps`), then evaluates on arrays of either
 library with the operators both share (``@``, broadcasting, boolean masks):
 
-- class logits (THEORY 2). Shared covariance (LDA) they are linear in z,
+- class logits (:ref:`theory-2`). Shared covariance (LDA) they are linear in z,
   :math:`\eta_i(z, a) = \ln q_{a,i} + z^T S_a^{-1}\mu_{a,i} - \tfrac12
   \mu_{a,i}^T S_a^{-1}\mu_{a,i}`, one (r x d)(d x K) product per group and no
   squares of z; per-class covariances the full Gaussian log joint
   :math:`\ln q_{a,i} - \tfrac12(d\ln 2\pi + \ln|S_{a,i}| + \|L_{a,i}^{-1}(z -
   \mu_{a,i})\|^2)` with :math:`S = L L^T`;
-- the cell maps (THEORY 5) :math:`z \mapsto \tilde\mu_{a,i} + A_{a,i}(z -
+- the cell maps (:ref:`theory-5`) :math:`z \mapsto \tilde\mu_{a,i} + A_{a,i}(z -
   \mu_{a,i})`, written as :math:`z A^T + \text{shift}_i` so that a shared
   covariance costs one GEMM per group for every class (soft mode too:
   :math:`\sum_i p_i (z A^T + \text{shift}_i) = z A^T + p\,\text{shift}`).

@@ -1,4 +1,4 @@
-"""Steering samples: per-cell optimal-transport affine maps (THEORY section 5).
+"""Steering samples: per-cell optimal-transport affine maps (:ref:`theory-5`).
 
 For every (group, class) cell the least-squared-displacement map from the
 fitted cell N(mu, S) to its ideal cell N(mu~, S~) is
@@ -10,7 +10,7 @@ the steered cell has EXACTLY the ideal mean and covariance, so a model refitted
 on the steered sample is the ideal model. Shared covariance: A is common to
 the classes of a group, only the shift depends on the class.
 
-Prior equalisation (THEORY 4c): importance weights pi~[i] / pi[a,i], or
+Prior equalisation (:ref:`theory-4c`): importance weights pi~[i] / pi[a,i], or
 stratified resampling.
 
 Unknown labels (test data): ``soft`` = sum_i P(Y=i | x, a) T[a,i](x) with the

@@ -1,7 +1,7 @@
 """The model: class-conditional Gaussians per group on a chosen scale.
 
 A :class:`GaussianModel` holds, for groups a = 1..m and classes i = 1..K
-(THEORY section 1):
+(:ref:`theory-1`):
 
 - ``priors[a, i]`` = q[a, i] = P(A=a, Y=i), positive, summing to 1;
 - ``means[a, i]`` and ``covariances[a, i]``: Z | A=a, Y=i ~ N(mean, covariance)
@@ -11,7 +11,7 @@ A :class:`GaussianModel` holds, for groups a = 1..m and classes i = 1..K
   covariance per group, the LDA case).
 
 Every formula runs on the Gaussian scale: KL divergences and Bayes decisions
-are unchanged by a per-group bijection of the features (THEORY section 9).
+are unchanged by a per-group bijection of the features (:ref:`theory-9`).
 Estimation from data lives in :mod:`fairsteer.fit`; files in
 :mod:`fairsteer.files`.
 """

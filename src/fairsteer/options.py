@@ -25,11 +25,11 @@ __all__ = [
 
 #: Covariance structures: one covariance per (group, class) cell, or per group (LDA).
 COVARIANCES = ("per-class", "shared")
-#: Nearest-ideal programs (THEORY 4a, 4b).
+#: Nearest-ideal programs (docs/theory.md sections 4a, 4b).
 METHODS = ("affirmative", "all-subgroups")
-#: How rows with an unknown label are steered (THEORY 5).
+#: How rows with an unknown label are steered (docs/theory.md section 5).
 UNLABELED_MODES = ("soft", "hard", "none")
-#: How the estimator's ``fit_resample`` equalises class priors (THEORY 4c).
+#: How the estimator's ``fit_resample`` equalises class priors (docs/theory.md section 4c).
 PRIOR_MODES = ("weights", "resample", "none")
 
 

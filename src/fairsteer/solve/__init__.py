@@ -1,6 +1,6 @@
 """Nearest ideal models: min KL(steered || original) over ideal Gaussian models.
 
-THEORY section 4. :func:`solve` looks the method up in :data:`SOLVERS`:
+:ref:`theory-4`. :func:`solve` looks the method up in :data:`SOLVERS`:
 :func:`affirmative_action` (one reference group stays, the others move) and
 :func:`all_subgroups` (every group may move).
 """

@@ -1,7 +1,7 @@
 """The result of a nearest-ideal solve: the ideal model, its reference and maps.
 
 The ideal model is affinely equivalent across groups by construction
-(THEORY section 3): group a's class-i law is N(G_a nu_i + t_a, G_a Om_i G_a^T)
+(:ref:`theory-3`): group a's class-i law is N(G_a nu_i + t_a, G_a Om_i G_a^T)
 and every group has the class priors pi~.
 """
 
@@ -44,7 +44,7 @@ def ideal_model(
 
     Group a's class-i mean is ``G[a] @ means[i] + t[a]``, its covariance
     ``G[a] @ covariances[i] @ G[a].T``, and its joint prior ``w[a] * priors[i]``
-    with the original group weights ``w`` (P~(A) = P(A), THEORY section 4).
+    with the original group weights ``w`` (P~(A) = P(A), :ref:`theory-4`).
     """
     pi = np.asarray(priors, dtype=np.float64)
     nu = np.asarray(means, dtype=np.float64)
@@ -68,7 +68,7 @@ def chain_rule_kl(
 ) -> tuple[float, Array]:
     """Total KL of an ideal model with common priors ``priors`` (K,), and its prior parts.
 
-    sum_a w_a [KL(pi~ || pi[a]) + sum_i pi~_i KL(F~[a,i] || F[a,i])] (THEORY 4)
+    sum_a w_a [KL(pi~ || pi[a]) + sum_i pi~_i KL(F~[a,i] || F[a,i])] (:ref:`theory-4`)
     for group weights ``weights`` (m,), the original class priors
     ``class_priors`` (m, K) and the cell KLs ``cell_kl`` (m, K).
     """
@@ -85,7 +85,7 @@ def objective(original: GaussianModel, ideal: GaussianModel) -> tuple[float, Arr
         + \\sum_i \\tilde\\pi_{a,i}\\,\\mathrm{KL}(\\tilde F_{a,i}\\|F_{a,i})\\Big]
 
     Both models are first standardised with the original's per-group frame
-    (THEORY 4d: KL is invariant under a bijection applied to both laws), so the
+    (:ref:`theory-4d`: KL is invariant under a bijection applied to both laws), so the
     value does not lose digits to large offsets or badly scaled features.
 
     Returns
@@ -138,7 +138,7 @@ def solution_from_standard(
     original. ``nu`` (K, d) and ``Om`` (K, d, d) are the reference in the standardised
     coordinates of group ``gauge``, whose map must be the identity
     (g[gauge] = I, tau[gauge] = 0). The KL and its parts are evaluated in
-    standardised coordinates (exactly invariant, THEORY 4d). For affirmative
+    standardised coordinates (exactly invariant, :ref:`theory-4d`). For affirmative
     action (``reference_group`` set) the kept group's cells are copied from
     the original model bit for bit.
     """
@@ -263,7 +263,7 @@ class Solution:
         return self.prior_kl + np.sum(self.reference_priors * self.cell_kl, axis=1)
 
     def bounds(self) -> dict[str, float]:
-        r"""Transfer bounds of THEORY section 6, for any fixed classifier h.
+        r"""Transfer bounds of :ref:`theory-6`, for any fixed classifier h.
 
         With :math:`\beta(\mathrm{KL}) = \min(\sqrt{\mathrm{KL}/2}, \sqrt{1-e^{-\mathrm{KL}}})`
         (Pinsker, Bretagnolle-Huber):

@@ -259,7 +259,7 @@ def steer_model(
     mode : {"soft", "hard", "none"}
         How unlabelled tokens are steered (:class:`SteeringModule`).
     alpha : float in [0, 1]
-        Strength: displacement interpolation between h and S(h) (THEORY 8).
+        Strength: displacement interpolation between h and S(h) (:ref:`theory-8`).
 
     Yields
     ------
