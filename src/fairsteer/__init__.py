@@ -6,6 +6,13 @@ optimal-transport affine maps. THEORY.md is the mathematical contract.
 """
 
 from fairsteer.audit import Audit, audit
+from fairsteer.context import (
+    ContextModel,
+    ContextSolution,
+    fit_context_model,
+    solve_context,
+    steer_context,
+)
 from fairsteer.errors import InputError, NotFittedError
 from fairsteer.estimator import OptimalSteering
 from fairsteer.maps import SteeringMaps
@@ -16,6 +23,8 @@ from fairsteer.stats import CellStats, cell_statistics
 __all__ = [
     "Audit",
     "CellStats",
+    "ContextModel",
+    "ContextSolution",
     "GaussianModel",
     "InputError",
     "NotFittedError",
@@ -26,9 +35,12 @@ __all__ = [
     "all_subgroups",
     "audit",
     "cell_statistics",
+    "fit_context_model",
     "fit_model",
     "model_from_stats",
     "shrink_covariance",
     "solve",
+    "solve_context",
+    "steer_context",
 ]
 __version__ = "0.1.0"
