@@ -413,3 +413,94 @@ def test_bad_context_values(fitted, solved):
         solve_context(model, "bogus")
     with pytest.raises(InputError, match="context model"):
         ContextModel.from_dict({"priors": []})
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _write_csv(path, seed=0, n=1500):
+    X, y, g, c = _data(seed=seed, n=n)
+    lines = ["x1,x2,sex,label,rel,note"] + [
+        f"{float(X[k, 0])!r},{float(X[k, 1])!r},{'fm'[g[k]]},{y[k]},{c[k]},row {k}"
+        for k in range(n)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return X, y, g, c
+
+
+def test_cli_fit_solve_steer_with_context(tmp_path, capsys):
+    from fairsteer.cli import main
+
+    data = tmp_path / "d.csv"
+    _, y, g, _ = _write_csv(data)
+    base = ["--group", "sex", "--label", "label", "--context", "rel", "--covariance", "shared"]
+    assert main(["fit", str(data), *base, "-o", str(tmp_path / "m.json")]) == 0
+    model = ContextModel.load(tmp_path / "m.json")
+    assert model.context == ("rel",) and model.levels == ("u", "v", "w")
+    solve_args = [
+        "solve",
+        tmp_path / "m.json",
+        "--method",
+        "all-subgroups",
+        "-o",
+        tmp_path / "s.json",
+    ]
+    assert main([str(a) for a in solve_args]) == 0
+    sol = ContextSolution.load(tmp_path / "s.json")
+    assert sol.kl == pytest.approx(solve_context(model, "all-subgroups").kl, rel=1e-12)
+    out = tmp_path / "out.csv"
+    assert main(["steer", str(data), *base, "--method", "all-subgroups", "-o", str(out)]) == 0
+    assert "moved to another context level" in capsys.readouterr().out
+    import csv
+
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["note"] for r in rows] == [f"row {k}" for k in range(len(y))]  # carried over
+    Xs = np.array([[float(r["x1"]), float(r["x2"])] for r in rows])
+    lv = np.array([r["rel"] for r in rows])
+    refit = fit_context_model(Xs, y, g, lv, covariance="shared")
+    for k in range(refit.n_levels):
+        # the CSV writes repr(float): exact round trip, so round-off only
+        assert np.allclose(refit.cells[k].means, sol.ideal.cells[k].means, atol=1e-9)
+    n_ay = refit.joint.sum(axis=1) * len(y)
+    assert np.all(np.abs(refit.level_law - sol.level_priors[None]) < 1 / n_ay[:, None, :])
+
+
+def test_cli_context_bad_input(tmp_path, capsys):
+    from fairsteer.cli import main
+
+    data = tmp_path / "d.csv"
+    _write_csv(data, n=300)
+    base = ["fit", str(data), "--group", "sex", "--label", "label", "-o", str(tmp_path / "m.json")]
+    assert main([*base, "--context", "nope"]) == 2
+    assert "unknown column 'nope'" in capsys.readouterr().err
+    assert main([*base, "--context", "rel", "--min-count", "200"]) == 2
+    err = capsys.readouterr().err
+    assert "--merge-rare" in err and err.count("\n") == 1
+    assert main([*base, "--context", "rel", "--features", "rel"]) == 2
+    assert "cannot be both" in capsys.readouterr().err
+
+
+# ------------------------------------------------- solver keyword (solve/)
+
+
+@pytest.mark.parametrize("covariance", ["per-class", "shared"])
+def test_all_subgroups_hold_priors(covariance):
+    """hold_priors keeps pi~ at the common class priors and still beats every affirmative map."""
+    from fairsteer import affirmative_action, all_subgroups, fit_model
+
+    X, y, g, _ = _data(seed=6, n=1200)
+    model = fit_model(X, y, g, covariance=covariance)
+    rho = np.array([0.3, 0.7])
+    level = model.with_params(
+        model.group_weights[:, None] * rho[None], model.means, model.covariances
+    )
+    sol = all_subgroups(level, hold_priors=True)
+    assert np.allclose(sol.reference_priors, rho, atol=1e-15)
+    free = all_subgroups(level)
+    assert not np.allclose(free.reference_priors, rho, atol=1e-3)  # the keyword matters here
+    for r in level.groups:
+        # an affirmative solution keeps the (common) priors: it is feasible for hold_priors
+        assert sol.kl <= affirmative_action(level, reference=r).kl + 1e-12
+    with pytest.raises(InputError, match="same class priors"):
+        all_subgroups(model, hold_priors=True)

@@ -525,9 +525,7 @@ def _gaussian_block(
         if method == "affirmative":
             sol = affirmative_action(level, reference=level.groups[reference], seed=seed)
         else:
-            sol = all_subgroups(
-                level, seed=seed, n_random_starts=n_random_starts, hold_priors=True
-            )
+            sol = all_subgroups(level, seed=seed, n_random_starts=n_random_starts, hold_priors=True)
         if previous is not None:
             # Non-convex, multi-start: keep the previous parts when they are
             # better under the new weights, so the block never increases KL.

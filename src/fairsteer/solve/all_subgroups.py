@@ -338,9 +338,7 @@ def _shared(
         info = {"sweeps": sweeps, "grad_norm": grad, "converged": bool(grad <= gtol)}
         return st, value, info, cell_kl
 
-    final, cell_kl, common = _best_of_starts(
-        starts, values, n_random, rng, descend, hold_priors
-    )
+    final, cell_kl, common = _best_of_starts(starts, values, n_random, rng, descend, hold_priors)
     diagnostics = {
         "solver": "block-coordinate descent in the span of the standardised class means",
         "subspace_dim": q,
