@@ -233,7 +233,8 @@ class ContextModel:
         """What steering writes into the context columns for each level.
 
         Column j of level c holds the distinct j-th values of its members
-        joined by ``"|"``: the value itself for an unmerged level.
+        joined by ``" | "``: the value itself for an unmerged level, the level
+        name for a merged level of one context column.
 
         Raises
         ------
@@ -245,7 +246,7 @@ class ContextModel:
             cols = []
             for j in range(len(self.context)):
                 vals = list(dict.fromkeys(m[j] for m in ms))
-                cols.append("|".join(vals))
+                cols.append(MERGE.join(vals))
             out.append(tuple(cols))
         if len(set(out)) != len(out):
             raise InputError(

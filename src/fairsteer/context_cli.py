@@ -147,7 +147,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     """``fairsteer steer DATA --context COL ...``: steer categories and features, add weights.
 
     Feature columns and context columns are replaced in place (a merged level
-    writes its values joined by ``|``), every other column is carried over,
+    writes its values joined by `` | ``), every other column is carried over,
     row order and count are kept, and the weight column pi~_y / pi[a, y] is
     added.
     """
