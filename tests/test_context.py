@@ -178,8 +178,23 @@ def test_q_update_for_fixed_priors_matches_brute_force(seed):
 # --------------------------------------------------------------- solver
 
 
-def test_descent_never_increases_and_beats_pooled_and_affirmative(solved):
+def test_descent_never_increases_and_beats_pooled_and_affirmative(solved, fitted):
+    from fairsteer import all_subgroups
+
+    *_, model = fitted
     diag = solved.diagnostics
+    # the "keep Q = pooled law" value, computed here from its definition: R = P(c, y)
+    # pooled over groups, each level solved with those class weights, KL by the chain rule
+    w = model.group_weights
+    R = model.joint.sum(axis=0)
+    pooled = 0.0
+    for k, cell in enumerate(model.cells):
+        rho = R[k] / R[k].sum()
+        level = cell.with_params(w[:, None] * rho[None], cell.means, cell.covariances)
+        K = all_subgroups(level, hold_priors=True).cell_kl
+        P = model.joint[:, k] / w[:, None]  # P(c=k, y | a)
+        pooled += float(w @ np.sum(R[k] * (np.log(R[k]) - np.log(P) + K), axis=1))
+    assert diag["pooled_kl"] == pytest.approx(pooled, rel=1e-9)  # same optimum, round-off
     for run in diag["runs"]:
         h = np.array(run["history"])
         # every block is a minimiser (or keeps the previous parts): only round-off may rise
@@ -292,15 +307,21 @@ def test_coupling_is_seeded(fitted, solved):
     assert not np.array_equal(s1.moved, s3.moved)
 
 
-@pytest.mark.parametrize("covariance", ["per-class", "shared"])
-def test_refit_of_steered_sample_is_ideal(covariance):
+@pytest.mark.parametrize(
+    ("covariance", "family"),
+    [("per-class", "normal"), ("shared", "normal"), ("shared", "lognormal")],
+)
+def test_refit_of_steered_sample_is_ideal(covariance, family):
     X, y, g, c = _data(seed=2)
-    model = fit_context_model(X, y, g, c, covariance=covariance)
+    if family == "lognormal":
+        X = np.exp(X / 3)  # positive; the model describes log X
+    model = fit_context_model(X, y, g, c, covariance=covariance, family=family)
     sol = solve_context(model, "all-subgroups")
     steered = steer_context(model, sol, X, y, g, c)
     assert steered.uncorrected == []
     names = np.array(model.levels)[steered.levels]
-    refit = fit_context_model(steered.X, y, g, names)  # per-class refit: no structure assumed
+    # per-class refit: no structure assumed
+    refit = fit_context_model(steered.X, y, g, names, family=family)
     assert refit.levels == model.levels
     for k in range(model.n_levels):
         ideal, got = sol.ideal.cells[k], refit.cells[k]
@@ -405,6 +426,9 @@ def test_bad_context_values(fitted, solved):
     other[0] = "zz"
     with pytest.raises(InputError, match=r"'zz'.*not a level"):
         steer_context(model, solved, X, y, g, other)
+    two = fit_context_model(X, y, g, np.where(c == "w", "v", c), covariance="shared")
+    with pytest.raises(InputError, match="solve the model you steer with"):
+        steer_context(model, solve_context(two), X, y, g, c)
     with pytest.raises(InputError, match="affirmative"):
         solve_context(model, "all-subgroups", reference=0)
     with pytest.raises(InputError, match="unknown reference"):

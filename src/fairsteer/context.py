@@ -173,8 +173,9 @@ class ContextModel:
             if not ms or seen.intersection(ms):
                 raise InputError("levels must be non-empty and must not share members")
             seen.update(ms)
+        joint = joint / joint.sum()
         joint.setflags(write=False)
-        object.__setattr__(self, "joint", joint / joint.sum())
+        object.__setattr__(self, "joint", joint)
         object.__setattr__(self, "cells", cells)
         object.__setattr__(self, "levels", tuple(str(v) for v in self.levels))
         object.__setattr__(self, "members", members)
@@ -480,8 +481,16 @@ def context_kl(original: ContextModel, candidate: ContextModel) -> dict[str, Any
 
 
 def _same_layout(a: ContextModel, b: ContextModel) -> None:
-    if a.joint.shape != b.joint.shape or a.groups != b.groups or a.classes != b.classes:
-        raise InputError("the two context models need the same groups, levels and classes")
+    if (
+        a.joint.shape != b.joint.shape
+        or a.groups != b.groups
+        or a.classes != b.classes
+        or a.levels != b.levels
+    ):
+        raise InputError(
+            "the model and the solution (or the two models) need the same groups, context "
+            "levels and classes; solve the model you steer with"
+        )
 
 
 def _objective(w: Array, log_joint: Array, R: Array, cell_kl: Array) -> float:

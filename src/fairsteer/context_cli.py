@@ -115,12 +115,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def is_context_model(path: str) -> bool:
     """True when the JSON file at ``path`` is a context model (kind 'context-model')."""
+    from fairsteer.model import read_json
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            head = fh.read(64)
-    except OSError:
+        data = read_json(path)
+    except (InputError, OSError):
         return False  # the regular loader reports the error
-    return '"kind": "context-model"' in head
+    return isinstance(data, dict) and data.get("kind") == "context-model"
 
 
 def _summary(sol: Any, output: str) -> str:
