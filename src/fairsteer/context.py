@@ -72,6 +72,7 @@ __all__ = [
     "SteeredContext",
     "context_kl",
     "fit_context_model",
+    "largest_remainder",
     "solve_context",
     "steer_context",
 ]

@@ -114,13 +114,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def is_context_model(path: str) -> bool:
-    """True when the JSON file at ``path`` is a context model (kind 'context-model')."""
+    """True when the JSON file at ``path`` is a context model (kind 'context-model').
+
+    ``ContextModel.save`` writes the kind first: files without it in their
+    first 4096 characters are not parsed here.
+    """
     from fairsteer.model import read_json
 
     try:
-        data = read_json(path)
-    except (InputError, OSError):
+        with open(path, encoding="utf-8-sig") as fh:
+            head = fh.read(4096)
+    except (OSError, UnicodeDecodeError):
         return False  # the regular loader reports the error
+    if "context-model" not in head:
+        return False  # no second parse of a (possibly large) plain model
+    try:
+        data = read_json(path)
+    except InputError:
+        return False
     return isinstance(data, dict) and data.get("kind") == "context-model"
 
 
