@@ -456,6 +456,11 @@ def context_kl(original: ContextModel, candidate: ContextModel) -> dict[str, Any
     dict
         ``total``, ``group_kl`` (m,), ``prior_kl`` (m,), ``category_kl`` (m, K)
         and ``cell_kl`` (m, L, K).
+
+    References
+    ----------
+    THEORY sections 4 and 9; T. M. Cover and J. A. Thomas, *Elements of
+    Information Theory*, 2nd ed., Theorem 2.5.3 (chain rule for relative entropy).
     """
     from fairsteer.solve.solution import objective
 
@@ -634,6 +639,11 @@ def solve_context(
 
         \tilde P(c, y) \propto \exp\Big(\sum_a w_a \big(\ln P(c, y|a)
         - \mathrm{KL}(\tilde F_{acy}\|F_{acy})\big)\Big).
+
+    References
+    ----------
+    THEORY sections 4a, 4b and 9 (this project); Gibbs' variational principle,
+    e.g. Cover and Thomas, *Elements of Information Theory*, Theorem 2.6.3.
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
@@ -944,6 +954,13 @@ def steer_context(
 
     With the weights pi~_y / pi[a, y] the steered sample's law of (A, C, Y)
     is the ideal one up to the rounding of the counts, and its refit is ideal.
+
+    References
+    ----------
+    THEORY sections 4c, 5 and 9; the maximal coupling keeps sum_c min(P, Q)
+    in place (T. Lindvall, *Lectures on the Coupling Method*, 1992, ch. I.5);
+    Gaussian OT maps: G. Peyre and M. Cuturi, *Computational Optimal
+    Transport*, 2019, Remark 2.31.
     """
     from fairsteer.linalg import gaussian_ot_matrix
     from fairsteer.maps import SteeringMaps
