@@ -10,6 +10,13 @@ optimal-transport affine maps. The layers, bottom up: statistics
 """
 
 from fairsteer.audit import Audit, audit
+from fairsteer.context import (
+    ContextModel,
+    ContextSolution,
+    fit_context_model,
+    solve_context,
+    steer_context,
+)
 from fairsteer.errors import InputError, NotFittedError
 from fairsteer.estimator import OptimalSteering
 from fairsteer.families import Families, Family
@@ -23,6 +30,8 @@ from fairsteer.stats import CellStats, cell_statistics
 __all__ = [
     "Audit",
     "CellStats",
+    "ContextModel",
+    "ContextSolution",
     "Families",
     "Family",
     "Fitter",
@@ -37,9 +46,12 @@ __all__ = [
     "all_subgroups",
     "audit",
     "cell_statistics",
+    "fit_context_model",
     "fit_model",
     "model_from_stats",
     "shrink_covariance",
     "solve",
+    "solve_context",
+    "steer_context",
 ]
 __version__ = "0.1.0"

@@ -226,6 +226,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shrinkage", default=None, help="covariance shrinkage: a number in [0, 1] or 'oas'"
     )
+    from fairsteer.context_cli import add_context_arguments
+
+    # --context COL [COL ...] (docs/theory.md section 9), --merge-rare, --min-count
+    add_context_arguments(p)
 
 
 def _shrinkage(value: str | None) -> float | str | None:
@@ -240,6 +244,10 @@ def _shrinkage(value: str | None) -> float | str | None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    if args.context:
+        from fairsteer.context_cli import cmd_fit
+
+        return cmd_fit(args)
     check_output(args.output, args.data)
     fitted = fit_from_args(args)
     model, features = fitted.model, fitted.features
@@ -269,6 +277,10 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     from fairsteer.solve import solve
 
     check_output(args.output, args.model)
+    from fairsteer.context_cli import cmd_solve, is_context_model
+
+    if is_context_model(args.model):  # fitted with --context
+        return cmd_solve(args)
     model = GaussianModel.load(args.model)
     sol = solve(model, args.method, reference=args.reference, seed=args.seed)
     sol.save(args.output)

@@ -21,6 +21,10 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.maps import SteeringMaps
     from fairsteer.solve import solve
 
+    if args.context:
+        from fairsteer.context_cli import cmd_steer
+
+        return cmd_steer(args)
     check_output(args.output, args.data)
     out_kind = _output_kind(args.output)
     # Pass 1: fit chunk by chunk (every bad input is found here, before any write).

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.special import logsumexp
 
+from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 from fairsteer.solve._frame import Frame, SharedReduction
 from fairsteer.solve._maps import GTOL, MAX_ITER, MapBlock, cholesky, closed_form_standard
@@ -110,7 +111,7 @@ class _Problem:
         s.pi = np.exp(score - logsumexp(score))
 
 
-def _perturbed(base: _State, rng: np.random.Generator) -> _State:
+def _perturbed(base: _State, rng: np.random.Generator, hold_priors: bool = False) -> _State:
     """A random start near ``base`` that does not depend on the coordinates.
 
     The priors are mixed with a Dirichlet draw and each reference mean moves
@@ -123,7 +124,9 @@ def _perturbed(base: _State, rng: np.random.Generator) -> _State:
     K = st.pi.size
     centred = st.nu - st.pi @ st.nu
     st.nu = st.nu + 0.3 * rng.standard_normal((K, K)) @ centred
-    st.pi = 0.5 * st.pi + 0.5 * rng.dirichlet(np.ones(K))
+    mix = rng.dirichlet(np.ones(K))
+    if not hold_priors:
+        st.pi = 0.5 * st.pi + 0.5 * mix
     return st
 
 
@@ -133,6 +136,7 @@ def _best_of_starts(
     n_random: int,
     rng: np.random.Generator,
     descend: Callable[[_State], tuple[_State, float, dict, Any]],
+    hold_priors: bool = False,
 ) -> tuple[_State, Any, dict]:
     """Run ``descend`` from every start and keep the lowest KL.
 
@@ -142,7 +146,7 @@ def _best_of_starts(
     returned for the best run with the diagnostics common to both solvers.
     """
     base = starts[int(np.argmin(values))]
-    starts = starts + [_perturbed(base, rng) for _ in range(n_random)]
+    starts = starts + [_perturbed(base, rng, hold_priors) for _ in range(n_random)]
     runs = []
     best = None
     for st in starts:
@@ -164,7 +168,7 @@ def _best_of_starts(
 
 
 def _descend_per_class(
-    prob: _Problem, s: _State, max_iter: int, gtol: float
+    prob: _Problem, s: _State, max_iter: int, gtol: float, hold_priors: bool = False
 ) -> tuple[_State, float, dict]:
     m = prob.mu.shape[0]
     grad = np.inf
@@ -187,7 +191,8 @@ def _descend_per_class(
             s.g[a], s.tau[a] = blocks[a].to_original(g)
             newton_iterations += nit
         prob.update_reference(s)
-        prob.update_priors(s, prob.cell_kl(s))
+        if not hold_priors:
+            prob.update_priors(s, prob.cell_kl(s))
         s.fix_gauge()
     value = prob.total(s, prob.cell_kl(s))
     info = {
@@ -200,7 +205,12 @@ def _descend_per_class(
 
 
 def _per_class(
-    model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol: float
+    model: GaussianModel,
+    seed: int,
+    n_random: int,
+    max_iter: int,
+    gtol: float,
+    hold_priors: bool = False,
 ) -> Solution:
     frame = Frame.of(model)
     mu = frame.means(np.asarray(model.means))
@@ -218,9 +228,9 @@ def _per_class(
     values = [prob.total(st, prob.cell_kl(st)) for st in starts]
 
     def descend(st: _State) -> tuple[_State, float, dict, None]:
-        return (*_descend_per_class(prob, st, max_iter, gtol), None)
+        return (*_descend_per_class(prob, st, max_iter, gtol, hold_priors), None)
 
-    final, _, common = _best_of_starts(starts, values, n_random, rng, descend)
+    final, _, common = _best_of_starts(starts, values, n_random, rng, descend, hold_priors)
     diagnostics = {
         "solver": "block-coordinate descent with trust-region Newton map blocks (standardised)",
         **common,
@@ -244,7 +254,9 @@ def _per_class(
 # ------------------------------------------------------------------ shared
 
 
-def _shared_sweep(red: SharedReduction, s: _State, w: Array, logpi: Array) -> Array:
+def _shared_sweep(
+    red: SharedReduction, s: _State, w: Array, logpi: Array, hold_priors: bool = False
+) -> Array:
     """One block-coordinate sweep in the reduced space; returns the cell KLs."""
     m, _K, q = red.y.shape
     eye = np.eye(q)
@@ -262,8 +274,9 @@ def _shared_sweep(red: SharedReduction, s: _State, w: Array, logpi: Array) -> Ar
     Om = np.linalg.inv(H) * w.sum()
     s.Om = 0.5 * (Om + Om.T)
     cell_kl = np.stack([reduced_cell_kl(s.g[a], s.Om, s.nu, s.tau[a], red.y[a]) for a in range(m)])
-    score = (w[:, None] * (logpi - cell_kl)).sum(axis=0) / w.sum()
-    s.pi = np.exp(score - logsumexp(score))
+    if not hold_priors:
+        score = (w[:, None] * (logpi - cell_kl)).sum(axis=0) / w.sum()
+        s.pi = np.exp(score - logsumexp(score))
     s.fix_gauge()
     return np.stack([reduced_cell_kl(s.g[a], s.Om, s.nu, s.tau[a], red.y[a]) for a in range(m)])
 
@@ -281,7 +294,14 @@ def _shared_grad(red: SharedReduction, s: _State) -> float:
     return out
 
 
-def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol: float) -> Solution:
+def _shared(
+    model: GaussianModel,
+    seed: int,
+    n_random: int,
+    max_iter: int,
+    gtol: float,
+    hold_priors: bool = False,
+) -> Solution:
     red = SharedReduction.of(model)
     m, K, q = red.y.shape
     w = model.group_weights
@@ -303,13 +323,14 @@ def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol:
         cell_kl = np.zeros((m, K))
         if q == 0:
             # Every group's class means coincide after standardising: only priors move.
-            score = (w[:, None] * logpi).sum(axis=0) / w.sum()
-            st.pi = np.exp(score - logsumexp(score))
+            if not hold_priors:
+                score = (w[:, None] * logpi).sum(axis=0) / w.sum()
+                st.pi = np.exp(score - logsumexp(score))
             grad = 0.0
         else:
             for sweep in range(1, max_iter + 1):
                 sweeps = sweep
-                cell_kl = _shared_sweep(red, st, w, logpi)
+                cell_kl = _shared_sweep(red, st, w, logpi, hold_priors)
                 grad = _shared_grad(red, st)
                 if grad <= gtol:
                     break
@@ -317,7 +338,7 @@ def _shared(model: GaussianModel, seed: int, n_random: int, max_iter: int, gtol:
         info = {"sweeps": sweeps, "grad_norm": grad, "converged": bool(grad <= gtol)}
         return st, value, info, cell_kl
 
-    final, cell_kl, common = _best_of_starts(starts, values, n_random, rng, descend)
+    final, cell_kl, common = _best_of_starts(starts, values, n_random, rng, descend, hold_priors)
     diagnostics = {
         "solver": "block-coordinate descent in the span of the standardised class means",
         "subspace_dim": q,
@@ -346,6 +367,7 @@ def all_subgroups(
     n_random_starts: int = 2,
     max_iter: int = 1000,
     gtol: float = GTOL,
+    hold_priors: bool = False,
 ) -> Solution:
     """Nearest ideal model when every group may move (:ref:`theory-4b`).
 
@@ -363,6 +385,11 @@ def all_subgroups(
         A run has converged when the largest map-block gradient norm (in
         standardised, dimensionless coordinates; the reference and prior
         blocks are exact minimisers) is at most ``gtol``.
+    hold_priors : bool
+        Keep the common class priors pi~ fixed at the model's class priors,
+        which must then be the same in every group (step 3 is skipped, so the
+        priors only weight the cells). Used by the categorical-context solver
+        (:mod:`fairsteer.context`), whose prior block lives outside.
 
     Returns
     -------
@@ -372,6 +399,12 @@ def all_subgroups(
         affirmative solution: the descent starts from every group's
         affirmative solution and each block step is a minimiser over its block.
     """
+    if hold_priors and float(np.ptp(model.class_priors, axis=0).max()) > 1e-12:
+        # 1e-12: priors equal by construction differ by round-off (~1e-16) only
+        raise InputError(
+            "hold_priors=True needs the same class priors in every group; "
+            "give the model equal class priors or use hold_priors=False"
+        )
     if model.shared_covariance:
-        return _shared(model, seed, n_random_starts, max_iter, gtol)
-    return _per_class(model, seed, n_random_starts, max_iter, gtol)
+        return _shared(model, seed, n_random_starts, max_iter, gtol, hold_priors)
+    return _per_class(model, seed, n_random_starts, max_iter, gtol, hold_priors)
