@@ -475,6 +475,21 @@ class YeoJohnson(_Fitted):
 # ----------------------------------------------------------- normal scores
 #: Largest number of knots a normal-scores transform stores (per group).
 MAX_KNOTS = 1000
+
+
+def knot_count(n: int) -> int:
+    r"""Knots of a normal-scores fit on n values: :math:`\min(1000, \lceil\sqrt n\rceil)`.
+
+    A segment's slope estimates the density from the ~n/k values between its
+    knots (relative error ~ (n/k)^-1/2), while the interpolation error of the
+    smooth quantile function grows with the spacing 1/k: k ~ sqrt(n) keeps
+    both small. Knots at every value would make the log-Jacobian (and so the
+    held-out likelihood of ``auto``) as noisy as the log of sample spacings,
+    about 0.2 nats per row worse on a Gaussian sample.
+    """
+    return int(min(MAX_KNOTS, max(2, np.ceil(np.sqrt(n)))))
+
+
 # Share of the knots over which each linear tail's slope is measured (the
 # secant from the outermost knot to the knot this far in): one segment alone
 # would make the tail as noisy as the two most extreme sample values.
@@ -488,13 +503,15 @@ class NormalScores(_Fitted):
     normal scores of their mid-ranks,
     :math:`z_k = \Phi^{-1}((c_{k-1} + c_k) / 2n)` (:math:`c_k` the number of
     values :math:`\le v_k`; ties share one knot, so both sequences are strictly
-    increasing). With more than :data:`MAX_KNOTS` distinct values, knots are
-    kept at evenly spaced mid-rank levels (first and last always). Between
+    increasing). With more than :func:`knot_count` (about sqrt(n), at most
+    :data:`MAX_KNOTS`) distinct values, knots are kept at evenly spaced
+    mid-rank levels (the smallest and largest value always). Between
     knots the transform is linear; beyond them it continues linearly with the
     slope of the secant over the outer :data:`TAIL_SHARE` of the knots, so it is
     a strictly increasing piecewise-linear bijection of the real line.
-    On a sample without ties and at most :data:`MAX_KNOTS` values, the k-th
-    smallest value maps exactly to :math:`\Phi^{-1}((k - 1/2)/n)`.
+    Every knot maps exactly to its value's normal score (without ties the k-th
+    smallest value to :math:`\Phi^{-1}((k - 1/2)/n)`); values between knots
+    are interpolated.
 
     JSON: ``{"name": "normal-scores", "x": [...], "z": [...]}``.
 
@@ -513,8 +530,9 @@ class NormalScores(_Fitted):
         values, counts = np.unique(x, return_counts=True)
         cum = np.cumsum(counts)
         levels = (cum - counts / 2.0) / x.size
-        if values.size > MAX_KNOTS:
-            targets = np.linspace(levels[0], levels[-1], MAX_KNOTS)
+        n_knots = knot_count(x.size)
+        if values.size > n_knots:
+            targets = np.linspace(levels[0], levels[-1], n_knots)
             keep = np.unique(np.clip(np.searchsorted(levels, targets), 0, values.size - 1))
             keep = np.union1d(keep, [0, values.size - 1])
             values, levels = values[keep], levels[keep]
