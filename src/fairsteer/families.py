@@ -682,8 +682,8 @@ def register_family(cls: type[Family]) -> type[Family]:
 def _unknown(name: Any) -> InputError:
     known = ", ".join(repr(n) for n in FAMILIES)
     return InputError(
-        f"unknown family {name!r}; use one of {known} (a parametric one may end in "
-        f"{BY_GROUP!r} to be fitted per group)"
+        f"family must be one of {known}, got {name!r} (unknown); a parametric one may end "
+        f"in {BY_GROUP!r} to be fitted per group"
     )
 
 
