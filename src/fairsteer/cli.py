@@ -125,12 +125,48 @@ def _families(family: Sequence[str], d: int, features: Sequence[str]) -> Any:
     return Families(fam[0] if one else fam, d, features)
 
 
+def chunk_features(chunk: Any, features: Sequence[str], args: argparse.Namespace) -> Any:
+    """A chunk's feature columns as floats, the ``--dequantize`` columns dequantised.
+
+    The noise of a value depends only on the seed, the row's index in the file
+    and the column (:func:`fairsteer.families.dequantize`), so every pass and
+    every chunking of the table, ``fit`` and ``steer`` alike, sees the same
+    dequantised values, equal to ``dequantize`` of the whole table.
+    """
+    X = chunk.floats(features)
+    columns = getattr(args, "dequantize", None)
+    if columns:
+        import numpy as np
+
+        from fairsteer.families import dequantize
+
+        missing = [c for c in columns if c not in features]
+        if missing:
+            raise InputError(
+                f"--dequantize names {missing}, which are not feature columns (see --features)"
+            )
+        idx = [list(features).index(c) for c in columns]
+        bad = [c for c, j in zip(columns, idx) if not (X[:, j] == np.round(X[:, j])).all()]
+        if bad:
+            raise InputError(
+                f"--dequantize column {bad[0]!r} holds a non-integer value in rows "
+                f"{chunk.start + 1}-{chunk.start + chunk.n_rows}; dequantise integer columns only"
+            )
+        X = dequantize(X, idx, seed=getattr(args, "seed", 0), first_row=chunk.start)
+    return X
+
+
 #: Largest number of rows the transform families are fitted on in a streamed fit.
 RESERVOIR_ROWS = 100_000
 
 
 def _fit_transforms(
-    source: Any, features: list[str], family: Any, groups: Any, classes: Any, seed: int
+    source: Any,
+    features: list[str],
+    family: Any,
+    groups: Any,
+    classes: Any,
+    source_args: argparse.Namespace,
 ) -> Any:
     """Fit the families' parameters in a first pass, on a bounded uniform sample of rows.
 
@@ -143,12 +179,13 @@ def _fit_transforms(
     """
     import numpy as np
 
+    seed = getattr(source_args, "seed", 0)
     rng = np.random.default_rng(seed)
     keys = X = g = c = None
     for chunk in source.chunks():
         parts = (
             rng.random(chunk.n_rows),
-            chunk.floats(features),
+            chunk_features(chunk, features, source_args),
             groups.encode(chunk),
             classes.encode(chunk),
         )
@@ -226,7 +263,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                             "no numeric feature columns found; name them with --features"
                         )
                 span = FeatureRange(len(features))
-            X = chunk.floats(features)
+            X = chunk_features(chunk, features, args)
         except InputError as exc:
             if "--features" in str(exc):
                 raise
@@ -234,8 +271,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
         if family is None:
             family = _families(args.family, len(features), features)
             if not family.fitted:
-                seed = getattr(args, "seed", 0)
-                family = _fit_transforms(source, features, family, groups, classes, seed)
+                family = _fit_transforms(source, features, family, groups, classes, args)
         c = classes.encode(chunk)
         g = groups.encode(chunk)
         # Per-group transforms take codes in the model's (sorted) group order; the
@@ -278,6 +314,15 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
             "one may end in -by-group); one for all features, one per feature, or "
             "COLUMN=FAMILY pairs (other columns normal). Transform parameters are fitted "
             f"in a first pass on a uniform sample of at most {RESERVOIR_ROWS} rows"
+        ),
+    )
+    p.add_argument(
+        "--dequantize",
+        nargs="+",
+        metavar="COL",
+        help=(
+            "integer-valued feature columns to spread over [k, k+1) by adding seeded "
+            "uniform noise before fitting (docs/families.md); steered values are continuous"
         ),
     )
     p.add_argument("--covariance", choices=["per-class", "shared"], default="per-class")

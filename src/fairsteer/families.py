@@ -714,7 +714,9 @@ def _one(spec: str | Family | dict[str, Any]) -> Family:
     return FAMILIES[name].from_params(params)
 
 
-def dequantize(X: ArrayLike, columns: Sequence[int] | None = None, seed: Any = 0) -> Array:
+def dequantize(
+    X: ArrayLike, columns: Sequence[int] | None = None, seed: int = 0, first_row: int = 0
+) -> Array:
     r"""Spread integer values uniformly over a unit interval: :math:`x + U`, :math:`U \sim U[0, 1)`.
 
     A continuous family cannot describe a column on a lattice (its likelihood
@@ -726,13 +728,20 @@ def dequantize(X: ArrayLike, columns: Sequence[int] | None = None, seed: Any = 0
     values are continuous (flooring them back gives integers again, at the cost
     of exactness: the floored column's cell moments are no longer the ideal ones).
 
+    The noise of the value in row r (counted from ``first_row``) and column j
+    is a hash of ``(seed, r, j)`` (SplitMix64, Steele, Lea and Flood 2014), not
+    a stream: a table dequantised in chunks (``first_row`` = the chunk's first
+    row) gets exactly the noise of the whole table dequantised at once.
+
     Parameters
     ----------
     X : array-like of shape (n, d)
     columns : sequence of int, optional
         Columns to dequantise; default every column whose values are all integers.
-    seed : int, sequence of int or numpy Generator
-        Seed of the noise (``numpy.random.default_rng``).
+    seed : int
+        Seed of the noise (a whole number >= 0).
+    first_row : int
+        Index of the first row of ``X`` in the whole table.
 
     Returns
     -------
@@ -742,16 +751,31 @@ def dequantize(X: ArrayLike, columns: Sequence[int] | None = None, seed: Any = 0
     References
     ----------
     Theis, L., van den Oord, A. and Bethge, M. (2016). A note on the evaluation
-    of generative models. ICLR. arXiv:1511.01844
+    of generative models. ICLR. arXiv:1511.01844.
+    Steele, G. L., Lea, D. and Flood, C. H. (2014). Fast splittable
+    pseudorandom number generators. OOPSLA. doi:10.1145/2660193.2660195
     """
     X = np.array(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
-    cols = integer_columns(X) if columns is None else list(columns)
-    rng = np.random.default_rng(seed)
-    if cols:
-        X[:, cols] += rng.random((X.shape[0], len(cols)))
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
+    cols = integer_columns(X) if columns is None else [int(j) for j in columns]
+    rows = np.arange(first_row, first_row + X.shape[0], dtype=np.uint64)
+    key = _splitmix64(np.uint64(seed))
+    for j in cols:
+        bits = _splitmix64(_splitmix64(rows ^ key) + np.uint64(j))
+        X[:, j] += (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return X
+
+
+def _splitmix64(x: Any) -> Any:
+    """The SplitMix64 finaliser (a bijective 64-bit mixer), wrapping arithmetic."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def integer_columns(X: ArrayLike) -> list[int]:
@@ -841,7 +865,7 @@ def choose_family(
     n = x.size
     rng = np.random.default_rng(seed)
     cells = g * (int(c.max()) + 1 if c.size else 1) + c
-    xs = x + rng.random(n) if integer_columns(x[:, None]) else x
+    xs = x + rng.random(n) if integer_columns(x[:, None]) else x  # scoring copy only
     perm = rng.permutation(n)
     n_test = max(1, round(AUTO_HOLDOUT * n))
     test, train = perm[:n_test], perm[n_test:]

@@ -15,7 +15,7 @@ __all__ = ["add_parser"]
 def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fairsteer.cli import check_output, fit_from_args
+    from fairsteer.cli import check_output, chunk_features, fit_from_args
     from fairsteer.files import write_atomic
     from fairsteer.io import TableWriter, atomic_output
     from fairsteer.maps import SteeringMaps
@@ -57,10 +57,14 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     with atomic_output(args.output) as fh:
         writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
         for chunk in source.chunks():
-            X = chunk.floats(features)
+            X = chunk_features(chunk, features, args)
             c = fitted.classes.sorted_codes(fitted.classes.encode(chunk, grow=False))
             g = fitted.groups.sorted_codes(fitted.groups.encode(chunk, grow=False))
             steered = maps.steer(X, class_names[c], group_names[g])
+            if args.round_dequantized and args.dequantize:
+                for name in args.dequantize:  # floor inverts x + U, U in [0, 1)
+                    j = features.index(name)
+                    steered[:, j] = np.floor(steered[:, j])
             updates = {name: steered[:, j] for j, name in enumerate(features)}
             updates[args.weight_column] = cell_weights[g * K + c]
             writer.write(chunk, updates)
@@ -108,6 +112,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--reference", help="affirmative: the group that stays (default: best)")
     p.add_argument("--seed", type=seed_type, default=0, help="seed of the random extra starts")
     p.add_argument("--weight-column", default="weight", help="name of the added weight column")
+    p.add_argument(
+        "--round-dequantized",
+        action="store_true",
+        help=(
+            "floor the steered --dequantize columns back to integers (the exact "
+            "ideality then holds only up to that rounding)"
+        ),
+    )
     p.add_argument(
         "--artifacts",
         action="store_true",
