@@ -250,16 +250,16 @@ class _Fitted(Family):
         groups = np.asarray(groups, dtype=np.intp)
         if groups.shape != values.shape[:1]:
             raise InputError(f"{values.shape[0]} values but {groups.shape[0]} group codes")
+        if groups.size and (groups.min() < 0 or groups.max() >= len(self._sets)):
+            raise InputError(
+                f"family {self.name!r} was fitted on {len(self._sets)} groups, got group code "
+                f"{int(groups.max() if groups.max() >= len(self._sets) else groups.min())}"
+            )
         out = np.empty_like(values, dtype=np.float64)
         for a, p in enumerate(self._sets):
             rows = groups == a
             if rows.any():
                 out[rows] = method(values[rows], p)
-        if groups.size and (groups.min() < 0 or groups.max() >= len(self._sets)):
-            raise InputError(
-                f"family {self.name!r} was fitted on {len(self._sets)} groups, got group code "
-                f"{int(groups.max())}"
-            )
         return out
 
     def forward(self, x: Array, groups: Codes | None = None) -> Array:
