@@ -22,6 +22,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.solve import solve
 
     check_output(args.output, args.data)
+    if args.round_dequantized and not args.dequantize:
+        raise InputError("--round-dequantized floors the --dequantize columns; name them")
     out_kind = _output_kind(args.output)
     # Pass 1: fit chunk by chunk (every bad input is found here, before any write).
     fitted = fit_from_args(args, reserved=[args.weight_column])
@@ -61,7 +63,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
             c = fitted.classes.sorted_codes(fitted.classes.encode(chunk, grow=False))
             g = fitted.groups.sorted_codes(fitted.groups.encode(chunk, grow=False))
             steered = maps.steer(X, class_names[c], group_names[g])
-            if args.round_dequantized and args.dequantize:
+            if args.round_dequantized:
                 for name in args.dequantize:  # floor inverts x + U, U in [0, 1)
                     j = features.index(name)
                     steered[:, j] = np.floor(steered[:, j])
