@@ -485,3 +485,7 @@ def test_cli_dequantize_is_reproducible_and_rounds_back(tmp_path, capsys, monkey
         assert np.all(rows == np.round(rows)) == integral
     assert main(["fit", *base[:-2], "grp", "-o", str(tmp_path / "c.json")]) == 2
     assert "not feature columns" in capsys.readouterr().err
+    assert main(["steer", *base[:-3], "--round-dequantized", "-o", str(tmp_path / "r.csv")]) == 2
+    assert "--round-dequantized floors the --dequantize columns" in capsys.readouterr().err
+    assert str(a.family) in ("lognormal", "yeo-johnson", "normal-scores", "log1p", "normal")
+    assert str(Families(["yeo-johnson-by-group", "normal"], 2)) == "yeo-johnson-by-group, normal"

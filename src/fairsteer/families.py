@@ -1113,7 +1113,7 @@ class Families:
         return hash(self.names)
 
     def __str__(self) -> str:
-        names = self.names
+        names = [f.name + (BY_GROUP if getattr(f, "by_group", False) else "") for f in self.members]
         return names[0] if len(set(names)) == 1 else ", ".join(names)
 
     def __repr__(self) -> str:
