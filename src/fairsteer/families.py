@@ -832,9 +832,10 @@ def choose_family(
     section 3.4.3), which keeps a flexible family from winning on noise. The
     winner is then fitted on every row.
 
-    An integer-valued column is scored on a dequantised copy (:func:`dequantize`
-    with the same seed): a density at lattice points is not a likelihood. The
-    data themselves are not changed; the fitted family is fitted on ``x``.
+    An integer-valued column is scored on a dequantised copy, ``x + U`` with
+    ``U ~ U[0, 1)`` drawn from the same seeded generator as the split: a
+    density at lattice points is not a likelihood. The data themselves are not
+    changed (see :func:`dequantize`); the chosen family is fitted on ``x``.
 
     Parameters
     ----------

@@ -289,7 +289,8 @@ class Fitter:
         The features' families (:mod:`fairsteer.families`). A family with
         parameters must be fitted before the first :meth:`update` (see
         :meth:`Families.fit <fairsteer.families.Families.fit>`), since the
-        statistics are accumulated on the Gaussian scale.
+        statistics are accumulated on the Gaussian scale. A family fitted per
+        group needs ``group_labels`` (the group order its parameters follow).
     covariance : {"per-class", "shared"}
     shrinkage : None, float in [0, 1] or "oas"
         See :func:`shrink_covariance`.
