@@ -116,12 +116,95 @@ class FitPass:
     n_rows: int
 
 
-def _families(family: Sequence[str], d: int) -> Any:
-    """``--family`` (one name, or one per feature) as a :class:`~fairsteer.families.Families`."""
+def _families(family: Sequence[str], d: int, features: Sequence[str]) -> Any:
+    """``--family`` (one name, one per feature, or COLUMN=FAMILY pairs) as Families."""
     from fairsteer.families import Families
 
     fam = tuple(family)
-    return Families(fam[0] if len(fam) == 1 else fam, d)
+    one = len(fam) == 1 and "=" not in fam[0]
+    return Families(fam[0] if one else fam, d, features)
+
+
+def chunk_features(chunk: Any, features: Sequence[str], args: argparse.Namespace) -> Any:
+    """A chunk's feature columns as floats, the ``--dequantize`` columns dequantised.
+
+    The noise of a value depends only on the seed, the row's index in the file
+    and the column (:func:`fairsteer.families.dequantize`), so every pass and
+    every chunking of the table, ``fit`` and ``steer`` alike, sees the same
+    dequantised values, equal to ``dequantize`` of the whole table.
+    """
+    X = chunk.floats(features)
+    columns = getattr(args, "dequantize", None)
+    if columns:
+        import numpy as np
+
+        from fairsteer.families import dequantize
+
+        missing = [c for c in columns if c not in features]
+        if missing:
+            raise InputError(
+                f"--dequantize names {missing}, which are not feature columns (see --features)"
+            )
+        idx = [list(features).index(c) for c in columns]
+        bad = [c for c, j in zip(columns, idx) if not (X[:, j] == np.round(X[:, j])).all()]
+        if bad:
+            raise InputError(
+                f"--dequantize column {bad[0]!r} holds a non-integer value in rows "
+                f"{chunk.start + 1}-{chunk.start + chunk.n_rows}; dequantise integer columns only"
+            )
+        X = dequantize(X, idx, seed=getattr(args, "seed", 0), first_row=chunk.start)
+    return X
+
+
+#: Largest number of rows the transform families are fitted on in a streamed fit.
+RESERVOIR_ROWS = 100_000
+
+
+def _fit_transforms(
+    source: Any,
+    features: list[str],
+    family: Any,
+    groups: Any,
+    classes: Any,
+    source_args: argparse.Namespace,
+) -> Any:
+    """Fit the families' parameters in a first pass, on a bounded uniform sample of rows.
+
+    Every row gets a seeded uniform key and the :data:`RESERVOIR_ROWS` rows with
+    the smallest keys are kept (a bottom-k reservoir: a uniform sample without
+    replacement, memory bounded by it, reproducible for a seed). A table with
+    fewer rows is used whole, in file order, so the fit equals the library's
+    one-shot fit. The statistics are then accumulated on the Gaussian scale
+    in the second pass.
+    """
+    import numpy as np
+
+    seed = getattr(source_args, "seed", 0)
+    rng = np.random.default_rng(seed)
+    keys = X = g = c = None
+    for chunk in source.chunks():
+        parts = (
+            rng.random(chunk.n_rows),
+            chunk_features(chunk, features, source_args),
+            groups.encode(chunk),
+            classes.encode(chunk),
+        )
+        if keys is None:
+            keys, X, g, c = parts
+        else:
+            keys, X, g, c = (np.concatenate([a, b]) for a, b in zip((keys, X, g, c), parts))
+        if keys.size > RESERVOIR_ROWS:
+            keep = np.sort(np.argpartition(keys, RESERVOIR_ROWS)[:RESERVOIR_ROWS])
+            keys, X, g, c = keys[keep], X[keep], g[keep], c[keep]
+    if keys is None:
+        raise InputError(source.no_rows_message())
+    return family.fit(
+        X,
+        groups.sorted_codes(g),
+        len(groups.labels),
+        classes=classes.sorted_codes(c),
+        seed=seed,
+    )
 
 
 def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
@@ -179,16 +262,22 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                         raise InputError(
                             "no numeric feature columns found; name them with --features"
                         )
-                family = _families(args.family, len(features))
                 span = FeatureRange(len(features))
-            X = chunk.floats(features)
+            X = chunk_features(chunk, features, args)
         except InputError as exc:
             if "--features" in str(exc):
                 raise
             raise InputError(f"{exc}{hint}") from None
+        if family is None:
+            family = _families(args.family, len(features), features)
+            if not family.fitted:
+                family = _fit_transforms(source, features, family, groups, classes, args)
         c = classes.encode(chunk)
         g = groups.encode(chunk)
-        Z = family.forward(X, None, features)
+        # Per-group transforms take codes in the model's (sorted) group order; the
+        # first pass saw every group, so that order is final.
+        codes = groups.sorted_codes(g) if family.group_dependent else None
+        Z = family.forward(X, codes, features)
         span.update(Z)
         part = cell_statistics_from_codes(Z, g, c, groups.labels, classes.labels)
         with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them
@@ -220,7 +309,21 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["normal"],
         metavar="FAMILY",
-        help="normal or lognormal; one for all features or one per feature",
+        help=(
+            "normal, lognormal (log), log1p, yeo-johnson, normal-scores or auto (a parametric "
+            "one may end in -by-group); one for all features, one per feature, or "
+            "COLUMN=FAMILY pairs (other columns normal). Transform parameters are fitted "
+            f"in a first pass on a uniform sample of at most {RESERVOIR_ROWS} rows"
+        ),
+    )
+    p.add_argument(
+        "--dequantize",
+        nargs="+",
+        metavar="COL",
+        help=(
+            "integer-valued feature columns to spread over [k, k+1) by adding seeded "
+            "uniform noise before fitting (docs/families.md); steered values are continuous"
+        ),
     )
     p.add_argument("--covariance", choices=["per-class", "shared"], default="per-class")
     p.add_argument(

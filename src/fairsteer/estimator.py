@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.families import Families, Family
+from fairsteer.families import Families, check_family_spec
 from fairsteer.files import read_json, write_atomic
 from fairsteer.fit import fit_model
 from fairsteer.maps import SteeringMaps
@@ -100,7 +100,12 @@ class OptimalSteering:
     ----------
     method : {"affirmative", "all-subgroups"}
         Nearest-ideal solver (:ref:`theory-4a` / :ref:`theory-4b`).
-    family : "normal", "lognormal" or one per feature
+    family : str, a sequence (one per feature), or columns
+        A family for every feature (``"normal"``, ``"lognormal"``,
+        ``"log1p"``, ``"yeo-johnson"``, ``"normal-scores"``, ``"auto"``, a
+        name ending in ``"-by-group"``), one per feature, or
+        ``{column: family}`` / ``["COLUMN=FAMILY", ...]`` (other columns
+        normal); see :class:`~fairsteer.families.Families`.
     covariance : {"per-class", "shared"}
     reference : group name, optional
         Affirmative action: the group kept in place (default: smallest KL).
@@ -211,8 +216,7 @@ class OptimalSteering:
         check_choice(self.unlabeled, UNLABELED_MODES, "unlabeled")
         check_choice(self.covariance, COVARIANCES, "covariance")
         check_shrinkage(self.shrinkage)
-        spec = self.family
-        Families(spec, 1 if isinstance(spec, str | Family) else len(spec))
+        check_family_spec(self.family)
         if self.reference is not None and self.method != "affirmative":
             raise InputError(
                 f"reference applies to method 'affirmative' only, not {self.method!r}; "
@@ -317,7 +321,9 @@ class OptimalSteering:
         self._check(np.zeros((1, self.n_features_in_)))
         params = self.get_params()
         if not isinstance(params["family"], str):
-            params["family"] = Families(params["family"], self.n_features_in_).to_json()
+            params["family"] = Families(
+                params["family"], self.n_features_in_, getattr(self, "feature_names_in_", None)
+            ).to_json()
         if isinstance(params["solver_options"], SolverOptions):
             params["solver_options"] = asdict(params["solver_options"])
         return {

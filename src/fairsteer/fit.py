@@ -21,7 +21,13 @@ from fairsteer.families import Families
 from fairsteer.linalg import all_finite
 from fairsteer.model import GaussianModel
 from fairsteer.options import COVARIANCES, check_choice, check_shrinkage
-from fairsteer.stats import CellStats, FeatureRange, cell_statistics, cell_statistics_from_codes
+from fairsteer.stats import (
+    CellStats,
+    FeatureRange,
+    cell_statistics,
+    cell_statistics_from_codes,
+    encode_labels,
+)
 
 __all__ = ["Fitter", "check_cell_covariances", "fit_model", "model_from_stats", "shrink_covariance"]
 
@@ -290,7 +296,8 @@ class Fitter:
         The features' families (:mod:`fairsteer.families`). A family with
         parameters must be fitted before the first :meth:`update` (see
         :meth:`Families.fit <fairsteer.families.Families.fit>`), since the
-        statistics are accumulated on the Gaussian scale.
+        statistics are accumulated on the Gaussian scale. A family fitted per
+        group needs ``group_labels`` (the group order its parameters follow).
     covariance : {"per-class", "shared"}
     shrinkage : None, float in [0, 1] or "oas"
         See :func:`shrink_covariance`.
@@ -335,7 +342,7 @@ class Fitter:
         self._suspicious = False
 
     def _families(self, d: int) -> Families:
-        fam = Families(self.family, d)
+        fam = Families(self.family, d, self.features)
         if not fam.fitted:
             raise InputError(
                 "a family with parameters must be fitted before statistics are accumulated; "
@@ -349,7 +356,15 @@ class Fitter:
         if X.ndim != 2:
             raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
         fam = self._families(X.shape[1])
-        Z = fam.forward(X, None, self.features, check=False) if not fam.is_identity else X
+        codes = None
+        if fam.group_dependent:  # per-group transforms need codes stable across batches
+            if self.group_labels is None:
+                raise InputError(
+                    "a family fitted per group needs group_labels (the order its groups were "
+                    "fitted in); pass group_labels"
+                )
+            codes = encode_labels(groups, self.group_labels, "group")[1]
+        Z = fam.forward(X, codes, self.features, check=False) if not fam.is_identity else X
         stats = cell_statistics(
             Z,
             y,
@@ -363,7 +378,7 @@ class Fitter:
             # NaN or inf in X, a value outside a family's domain, or values beyond
             # what float64 variances hold: the full checks (extra passes over X,
             # only on this path) name the row, column or feature.
-            fam.forward(X, None, self.features)
+            fam.forward(X, codes, self.features)
             _check_range(Z, self.features)
         return self.update_stats(stats)
 
@@ -447,10 +462,12 @@ def fit_model(
     groups : array-like of shape (n,)
         Group labels (sensitive attribute; intersectional groups are just more
         groups).
-    family : str, Family or a sequence of those, one per feature
-        ``"normal"``, ``"lognormal"`` or any registered family
-        (:mod:`fairsteer.families`); families with parameters are fitted on
-        the pooled rows first (never per class).
+    family : str, Family, a sequence of those (one per feature), or columns
+        ``"normal"``, ``"lognormal"``, ``"log1p"``, ``"yeo-johnson"``,
+        ``"normal-scores"``, ``"auto"`` or any registered family, or
+        ``{column: family}`` / ``["COLUMN=FAMILY", ...]``
+        (:class:`~fairsteer.families.Families`); families with parameters are
+        fitted on the pooled rows (or per group) first, never per class.
     covariance : {"per-class", "shared"}
         One covariance per (group, class) cell, or one per group (LDA).
     shrinkage : None, float in [0, 1] or "oas"
@@ -469,9 +486,15 @@ def fit_model(
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
-    fam = Families(family, X.shape[1])
-    if not fam.fitted:
-        fam = fam.fit(_checked(X, features), None, 1)
+    fam = Families(family, X.shape[1], features)
+    if not fam.fitted or fam.group_dependent:
+        # Transforms are fitted on the pooled rows (per group for per-group
+        # families, by its class-conditional criterion for auto), never per
+        # class; the group codes follow the model's group order.
+        group_labels, g = encode_labels(groups, group_labels, "group")
+        if not fam.fitted:
+            class_codes = encode_labels(y, class_labels, "class")[1]
+            fam = fam.fit(_checked(X, features), g, len(group_labels), classes=class_codes)
     fitter = Fitter(
         family=fam,
         covariance=covariance,

@@ -144,7 +144,11 @@ class GaussianModel:
         set_(self, "classes", _names(self.classes, K, "class"))
         if self.features is not None:
             set_(self, "features", tuple(str(f) for f in _names(self.features, d, "feature")))
-        set_(self, "family", Families(self.family, d))
+        set_(self, "family", Families(self.family, d, self.features))
+        if self.family.n_groups not in (None, m):
+            raise InputError(
+                f"the families were fitted on {self.family.n_groups} groups but the model has {m}"
+            )
         for arr in (self.priors, self.means):
             arr.setflags(write=False)
         if not shared:

@@ -15,7 +15,7 @@ __all__ = ["add_parser"]
 def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fairsteer.cli import check_output, fit_from_args
+    from fairsteer.cli import check_output, chunk_features, fit_from_args
     from fairsteer.files import write_atomic
     from fairsteer.io import TableWriter, atomic_output
     from fairsteer.maps import SteeringMaps
@@ -26,6 +26,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
         return cmd_steer(args)
     check_output(args.output, args.data)
+    if args.round_dequantized and not args.dequantize:
+        raise InputError("--round-dequantized floors the --dequantize columns; name them")
     out_kind = _output_kind(args.output)
     # Pass 1: fit chunk by chunk (every bad input is found here, before any write).
     fitted = fit_from_args(args, reserved=[args.weight_column])
@@ -61,10 +63,14 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     with atomic_output(args.output) as fh:
         writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
         for chunk in source.chunks():
-            X = chunk.floats(features)
+            X = chunk_features(chunk, features, args)
             c = fitted.classes.sorted_codes(fitted.classes.encode(chunk, grow=False))
             g = fitted.groups.sorted_codes(fitted.groups.encode(chunk, grow=False))
             steered = maps.steer(X, class_names[c], group_names[g])
+            if args.round_dequantized:
+                for name in args.dequantize:  # floor inverts x + U, U in [0, 1)
+                    j = features.index(name)
+                    steered[:, j] = np.floor(steered[:, j])
             updates = {name: steered[:, j] for j, name in enumerate(features)}
             updates[args.weight_column] = cell_weights[g * K + c]
             writer.write(chunk, updates)
@@ -112,6 +118,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--reference", help="affirmative: the group that stays (default: best)")
     p.add_argument("--seed", type=seed_type, default=0, help="seed of the random extra starts")
     p.add_argument("--weight-column", default="weight", help="name of the added weight column")
+    p.add_argument(
+        "--round-dequantized",
+        action="store_true",
+        help=(
+            "floor the steered --dequantize columns back to integers (the exact "
+            "ideality then holds only up to that rounding)"
+        ),
+    )
     p.add_argument(
         "--artifacts",
         action="store_true",
