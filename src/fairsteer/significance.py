@@ -139,7 +139,9 @@ class DataAudit:
         """JSON-ready dictionary (the null replicates summarised by quantiles)."""
         null = self.null_kl
         quantiles = (
-            {str(q): float(np.quantile(null, q)) for q in (0.5, 0.9, 0.95, 0.99)} if null.size else {}
+            {str(q): float(np.quantile(null, q)) for q in (0.5, 0.9, 0.95, 0.99)}
+            if null.size
+            else {}
         )
         return {
             "audit": self.audit.to_dict(),
@@ -295,8 +297,7 @@ def _check_options(n_bootstrap: Any, level: Any, seed: Any) -> None:
         raise InputError(f"n_bootstrap must be a whole number >= 1, got {n_bootstrap!r}")
     if n_bootstrap < 1:
         raise InputError(
-            f"n_bootstrap must be at least 1, got {n_bootstrap}; use 200 or more for 95% "
-            "intervals"
+            f"n_bootstrap must be at least 1, got {n_bootstrap}; use 200 or more for 95% intervals"
         )
     if isinstance(level, bool) or not isinstance(level, int | float | np.floating):
         raise InputError(f"level must be a number strictly between 0 and 1, got {level!r}")
@@ -519,3 +520,144 @@ def audit_data(
         seconds_per_replicate=seconds,
         notes=notes,
     )
+
+
+# ------------------------------------------------------------ command line
+
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+# (flag, attribute) of the options that only make sense with data
+_DATA_ONLY = (
+    ("--group", "group"),
+    ("--label", "label"),
+    ("--features", "features"),
+    ("--family", "family"),
+    ("--covariance", "covariance"),
+    ("--shrinkage", "shrinkage"),
+    ("--bootstrap", "bootstrap"),
+    ("--level", "level"),
+)
+
+
+def add_audit_arguments(parser: Any) -> None:
+    """Add the data-mode options of ``fairsteer audit`` to its argument parser.
+
+    They default to None, so that the model-JSON mode can tell that none was given.
+    """
+    p = parser
+    p.add_argument("--group", help="data mode: column with the sensitive attribute")
+    p.add_argument("--label", help="data mode: column with the class label")
+    p.add_argument(
+        "--features",
+        nargs="+",
+        metavar="COL",
+        help="data mode: feature columns (default: every numeric column but group and label)",
+    )
+    p.add_argument(
+        "--family",
+        nargs="+",
+        metavar="FAMILY",
+        help="data mode: normal or lognormal; one for all features or one per feature",
+    )
+    p.add_argument(
+        "--covariance", choices=["per-class", "shared"], help="data mode (default per-class)"
+    )
+    p.add_argument(
+        "--shrinkage", help="data mode: covariance shrinkage, a number in [0, 1] or 'oas'"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="B",
+        help="data mode: bootstrap replicates of the intervals and of the test (default 200)",
+    )
+    p.add_argument("--level", type=float, help="data mode: level of the intervals (default 0.95)")
+
+
+def is_data_audit(args: Any) -> bool:
+    """True when ``fairsteer audit`` was given a data file rather than a model JSON.
+
+    Raises
+    ------
+    InputError
+        When data-mode options come with a model JSON.
+    """
+    from pathlib import Path
+
+    if Path(args.model).suffix.lower() in DATA_SUFFIXES:
+        return True
+    given = [flag for flag, name in _DATA_ONLY if getattr(args, name, None) is not None]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} need a data file (CSV or Parquet with --group and --label), "
+            f"not the model JSON {args.model}: a model has no rows to resample"
+        )
+    return False
+
+
+def audit_data_command(args: Any) -> int:
+    """``fairsteer audit DATA --group G --label Y [--bootstrap B] [--seed S] ...``.
+
+    Reads the table, runs :func:`audit_data` with the fit options and prints
+    its summary (or JSON with ``--json``). Returns the exit code 0.
+
+    Raises
+    ------
+    InputError
+        For a missing --group/--label, bad columns or cells, bad options.
+    """
+    import json
+
+    from fairsteer.io import read_table
+
+    missing = [
+        f for f, name in (("--group", "group"), ("--label", "label")) if not getattr(args, name)
+    ]
+    if missing:
+        raise InputError(
+            f"auditing data needs {' and '.join(missing)}: the columns with the sensitive "
+            "attribute and the class label"
+        )
+    if args.bootstrap is not None and args.bootstrap < 1:
+        raise InputError(f"--bootstrap must be at least 1, got {args.bootstrap}; use 200 or more")
+    if args.level is not None and not 0.0 < args.level < 1.0:
+        raise InputError(f"--level must lie strictly between 0 and 1 (e.g. 0.95), got {args.level}")
+    table = read_table(args.model)
+    table.require([args.group, args.label])
+    features = list(args.features or [])
+    for name in features:
+        if name in (args.group, args.label):
+            raise InputError(f"column {name!r} cannot be both a feature and the group/label")
+    if not features:
+        features = table.numeric_names(exclude=(args.group, args.label))
+        if not features:
+            raise InputError("no numeric feature columns found; name them with --features")
+    X = table.numeric(features)
+    family = args.family or ["normal"]
+    result = audit_data(
+        X,
+        table.labels(args.label, "class"),
+        table.labels(args.group, "group"),
+        n_bootstrap=200 if args.bootstrap is None else args.bootstrap,
+        level=0.95 if args.level is None else args.level,
+        seed=args.seed,
+        family=family[0] if len(family) == 1 else tuple(family),
+        covariance=args.covariance or "per-class",
+        shrinkage=_shrinkage(args.shrinkage),
+        features=features,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        print(result.summary())
+    return 0
+
+
+def _shrinkage(value: str | None) -> float | str | None:
+    if value is None or value == "oas":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(
+            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
+        ) from None
