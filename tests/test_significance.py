@@ -211,7 +211,8 @@ def test_false_positive_rate_is_near_the_level():
     200 data sets (300 rows per group, shared covariance, d = 2), B = 19 null
     replicates each, so p takes the values k/20 and P(p <= 0.1) = 2/20 exactly
     when the null distribution is right. The rejection count is then
-    Binomial(200, 0.1); the acceptance region is its central 99.9% range, so a
+    Binomial(200, 0.1); the acceptance region is its central 99.9% range (8 to
+    35 rejections), so a
     calibrated test fails here with probability < 1e-3. A test that ignored
     the noise of the refit (e.g. p from T > 0) would reject every time.
     """
@@ -270,25 +271,26 @@ def test_interval_coverage_where_the_truth_is_known():
     """80% intervals cover the true gaps (closed form, binary shared covariance).
 
     True values: the closed-form audit of the true model (itself checked
-    against simulation in test_audit.py). 80 data sets of 300 rows per cell
-    (the design the interval is conditional on), B = 49. The number covered
-    is Binomial(80, c) with c near 0.8; the percentile bootstrap's coverage
-    error is O(1/sqrt(n)), a few points at these sizes, so we accept a count
-    within the central 99.9% binomial range for c = 0.8 (52 to 74): a broken
+    against simulation in test_audit.py). 60 data sets with cell sizes
+    fixed in proportion to the true priors (the design the interval is
+    conditional on), B = 39. The number covered is Binomial(60, c) with c
+    near 0.8; the percentile bootstrap's coverage error is O(1/sqrt(n)), a few
+    points at these sizes, so we accept a count within the central 99.9%
+    binomial range for c = 0.8 (37 to 57): a broken
     interval (e.g. the resample not refitted, a width of 0, or quantiles of
     the wrong replicates) covers far less.
     """
     model = biased_model(d=1, priors=((0.25, 0.25), (0.3, 0.2)))
     truth = audit(model)
-    counts = np.array([[300, 300], [300, 300]])
+    counts = np.array([[300, 300], [360, 240]])  # 1200 * the true priors
     rng = np.random.default_rng(12)
     names = ("dp_gap", "eo_gap_half", "nearest_ideal_kl")
     covered = dict.fromkeys(names, 0)
-    reps = 80
+    reps = 60
     for k in range(reps):
         X, y, g = draw_rows(model, counts, rng)
         result = audit_data(
-            X, y, g, n_bootstrap=49, level=0.8, seed=k, covariance="shared", test=False
+            X, y, g, n_bootstrap=39, level=0.8, seed=k, covariance="shared", test=False
         )
         for name in names:
             lo, hi = result.intervals[name]
