@@ -271,12 +271,12 @@ def test_interval_coverage_where_the_truth_is_known():
     """80% intervals cover the true gaps (closed form, binary shared covariance).
 
     True values: the closed-form audit of the true model (itself checked
-    against simulation in test_audit.py). 60 data sets with cell sizes
+    against simulation in test_audit.py). 50 data sets with cell sizes
     fixed in proportion to the true priors (the design the interval is
-    conditional on), B = 39. The number covered is Binomial(60, c) with c
-    near 0.8; the percentile bootstrap's coverage error is O(1/sqrt(n)), a few
-    points at these sizes, so we accept a count within the central 99.9%
-    binomial range for c = 0.8 (37 to 57): a broken
+    conditional on), B = 59. The number covered is Binomial(50, c) with c
+    near 0.8 (measured on 200 data sets of this design: 0.80 to 0.835 for the
+    five gaps and the KL, docs/audit.md), so we accept a count within the
+    central 99.9% binomial range for c = 0.8 (30 to 48): a broken
     interval (e.g. the resample not refitted, a width of 0, or quantiles of
     the wrong replicates) covers far less.
     """
@@ -286,11 +286,11 @@ def test_interval_coverage_where_the_truth_is_known():
     rng = np.random.default_rng(12)
     names = ("dp_gap", "eo_gap_half", "nearest_ideal_kl")
     covered = dict.fromkeys(names, 0)
-    reps = 60
+    reps = 50
     for k in range(reps):
         X, y, g = draw_rows(model, counts, rng)
         result = audit_data(
-            X, y, g, n_bootstrap=39, level=0.8, seed=k, covariance="shared", test=False
+            X, y, g, n_bootstrap=59, level=0.8, seed=k, covariance="shared", test=False
         )
         for name in names:
             lo, hi = result.intervals[name]
