@@ -63,7 +63,8 @@ def draw_rows(model, counts, rng):
             Z.append(model.means[a, i] + rng.standard_normal((n, d)) @ L[a, i].T)
             y += [i] * n
             g += [a] * n
-    return model.from_log_space(np.concatenate(Z)), np.asarray(y), np.asarray(g)
+    g = np.asarray(g)
+    return model.from_gaussian_scale(np.concatenate(Z), g), np.asarray(y), g
 
 
 def draw_data(model, n_per_group, rng):

@@ -45,6 +45,7 @@ of the number of rows.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.audit import Audit, audit
 from fairsteer.errors import InputError
-from fairsteer.model import GaussianModel, fit_model, model_from_stats
+from fairsteer.fit import fit_model, model_from_stats
+from fairsteer.model import GaussianModel
 from fairsteer.stats import CellStats, cell_statistics_from_codes, encode_labels
 
 __all__ = ["DataAudit", "audit_data", "sample_cell_statistics"]
@@ -165,7 +167,8 @@ class DataAudit:
         opts = self.options
         n = sum(map(sum, self.counts))
         lines = [
-            f"fitted on {n} rows ({opts['family']} family, {opts['covariance']} covariance"
+            f"fitted on {n} rows ({_family_text(opts['family'])} family, "
+            f"{opts['covariance']} covariance"
             + (f", shrinkage {opts['shrinkage']}" if opts["shrinkage"] is not None else "")
             + f"); seed {self.seed}",
             a.summary(),
@@ -200,6 +203,12 @@ class DataAudit:
             ]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _family_text(family: Any) -> str:
+    if isinstance(family, str):
+        return family
+    return "per-feature " + json.dumps(family)
 
 
 def _verdict(p: float) -> str:
@@ -329,7 +338,7 @@ def audit_data(
     n_bootstrap: int = 200,
     level: float = 0.95,
     seed: int = 0,
-    family: str | Sequence[str] = "normal",
+    family: Any = "normal",
     covariance: str = "per-class",
     shrinkage: float | str | None = None,
     features: Sequence[str] | None = None,
@@ -370,6 +379,8 @@ def audit_data(
         the result is reproducible.
     family, covariance, shrinkage, features
         The fit options of :func:`fairsteer.fit_model`, used for every refit.
+        A family with parameters (fitted on all rows) keeps them in every
+        refit: the intervals are conditional on the fitted transform.
     n_samples : int
         Monte-Carlo draws per cell of each audit where no closed form exists
         (binary shared covariance is closed form); every replicate uses the
@@ -394,14 +405,18 @@ def audit_data(
     model = fit_model(
         X, y, groups, family=family, covariance=covariance, shrinkage=shrinkage, features=features
     )
-    Z = model.to_log_space(X)
     _, gcodes = encode_labels(groups, model.groups, "group")
+    Z = model.to_gaussian_scale(X, gcodes)
     _, ccodes = encode_labels(y, model.classes, "class")
     m, K = model.n_groups, model.n_classes
     counts = np.bincount(gcodes * K + ccodes, minlength=m * K).reshape(m, K).astype(np.float64)
     _check_cells(counts, model.groups, model.classes)
 
-    options = {"family": model.family, "covariance": covariance, "shrinkage": shrinkage}
+    options = {
+        "family": model.family.to_json(),
+        "covariance": covariance,
+        "shrinkage": shrinkage,
+    }
     fam = model.family
 
     def refit(stats: CellStats) -> GaussianModel:
@@ -556,7 +571,8 @@ def add_audit_arguments(parser: Any) -> None:
         "--family",
         nargs="+",
         metavar="FAMILY",
-        help="data mode: normal or lognormal; one for all features or one per feature",
+        help="data mode: a family (normal, lognormal, ...); one for all features or one "
+        "per feature",
     )
     p.add_argument(
         "--covariance", choices=["per-class", "shared"], help="data mode (default per-class)"
@@ -605,8 +621,6 @@ def audit_data_command(args: Any) -> int:
     InputError
         For a missing --group/--label, bad columns or cells, bad options.
     """
-    import json
-
     from fairsteer.io import read_table
 
     missing = [
