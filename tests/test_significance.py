@@ -533,3 +533,17 @@ def test_shrinkage_is_used_in_every_refit():
     assert shrunk.options["shrinkage"] == 1.0
     assert not np.allclose(shrunk.null_kl, plain.null_kl)
     assert shrunk.intervals["eo_gap"] != plain.intervals["eo_gap"]
+
+
+def test_a_null_that_cannot_fill_every_cell_raises_input_error():
+    """Group a: 195 rows of class 0 and 5 of class 1; group b: 5 and 5.
+
+    The nearest ideal model keeps group a (the cheaper reference) and so the
+    priors (0.975, 0.025); a null group b of 10 rows then has 5 rows of class
+    1 with probability about 1e-6, so drawing the null is refused instead of
+    looping.
+    """
+    counts = np.array([[195, 5], [5, 5]])
+    X, y, g = draw_rows(biased_model(d=1, separation=(3.0, 3.0)), counts, np.random.default_rng(2))
+    with pytest.raises(InputError, match="null cannot be drawn"):
+        audit_data(X, y, g, n_bootstrap=5, covariance="shared", intervals=False)

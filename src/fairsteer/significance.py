@@ -86,6 +86,9 @@ _LABELS = {
 # A cell of fewer rows has too few distinct resamples for a percentile
 # interval to mean anything (4 rows: 35 distinct multisets).
 MIN_CELL_ROWS = 5
+# Class-count draws of one null data set before giving up: a cell that gets
+# MIN_CELL_ROWS rows with probability below ~1/1000 makes the null meaningless.
+MAX_REDRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -444,7 +447,12 @@ def audit_data(
         for _ in range(n_bootstrap):
             rows = np.concatenate([rc[rng.integers(0, rc.size, rc.size)] for rc in cells])
             stats = cell_statistics_from_codes(
-                Z[rows], gcodes[rows], ccodes[rows], model.groups, model.classes
+                Z[rows],
+                gcodes[rows],
+                ccodes[rows],
+                model.groups,
+                model.classes,
+                pooled=covariance == "shared",
             )
             try:
                 fitted = refit(stats)
@@ -487,9 +495,18 @@ def audit_data(
         start = time.perf_counter()
         for _ in range(n_bootstrap):
             sizes = np.stack([rng.multinomial(n_a, pi0) for n_a in n_group])
+            tries = 0
             while np.any(sizes < MIN_CELL_ROWS):  # condition on usable cells
-                redrawn += 1
+                tries += 1
+                if tries > MAX_REDRAWS:
+                    raise InputError(
+                        f"with the ideal class priors {np.round(pi0, 4).tolist()}, a group of "
+                        f"{int(n_group.min())} rows rarely has {MIN_CELL_ROWS} rows of every "
+                        "class, so the null cannot be drawn; collect more rows, or merge or "
+                        "drop the smallest group"
+                    )
                 sizes = np.stack([rng.multinomial(n_a, pi0) for n_a in n_group])
+            redrawn += tries
             try:
                 fitted = refit(sample_cell_statistics(null, sizes, rng))
                 sol = affirmative_action(fitted, seed=seed)
