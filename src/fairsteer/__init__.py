@@ -24,6 +24,7 @@ from fairsteer.fit import Fitter, fit_model, model_from_stats, shrink_covariance
 from fairsteer.maps import SteeringMaps
 from fairsteer.model import GaussianModel
 from fairsteer.options import SolverOptions
+from fairsteer.significance import DataAudit, audit_data
 from fairsteer.solve import Solution, affirmative_action, all_subgroups, solve
 from fairsteer.stats import CellStats, cell_statistics
 
@@ -32,6 +33,7 @@ __all__ = [
     "CellStats",
     "ContextModel",
     "ContextSolution",
+    "DataAudit",
     "Families",
     "Family",
     "Fitter",
@@ -45,6 +47,7 @@ __all__ = [
     "affirmative_action",
     "all_subgroups",
     "audit",
+    "audit_data",
     "cell_statistics",
     "fit_context_model",
     "fit_model",

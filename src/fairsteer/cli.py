@@ -365,7 +365,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from fairsteer.audit import audit
     from fairsteer.model import GaussianModel
+    from fairsteer.significance import audit_data_command, is_data_audit
 
+    if is_data_audit(args):
+        return audit_data_command(args)
     model = GaussianModel.load(args.model)
     report = audit(model, seed=args.seed)
     if args.json:
@@ -400,6 +403,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
+    from fairsteer.significance import add_audit_arguments
+
     parser = Parser(
         prog="fairsteer",
         description="Exact group fairness by optimal steering: fit, audit, solve, steer.",
@@ -418,12 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "audit",
-        help="how far a model is from ideal",
-        epilog="example: fairsteer audit model.json --json",
+        help="how far a model (or data, with intervals and a test) is from ideal",
+        epilog="examples: fairsteer audit model.json --json; "
+        "fairsteer audit data.csv --group sex --label y --bootstrap 200 --seed 0",
     )
-    p.add_argument("model", help="model JSON (from fit)")
+    p.add_argument("model", help="model JSON (from fit), or a CSV/Parquet data file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--seed", type=seed_type, default=0, help="seed of Monte-Carlo estimates")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of every random draw")
+    add_audit_arguments(p)  # the data mode's options (fairsteer.significance)
     p.set_defaults(handler=_cmd_audit)
 
     p = sub.add_parser(

@@ -310,6 +310,41 @@ class OptimalSteering:
             self.sample_weight_ = np.ones(arr.shape[0])
         return wrap(steered), y
 
+    def audit(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        *,
+        sensitive_features: ArrayLike,
+        n_bootstrap: int = 200,
+        level: float = 0.95,
+    ) -> Any:
+        """Audit (X, y) with bootstrap intervals and a test of ideality (THEORY 10).
+
+        :func:`fairsteer.audit_data` with this estimator's fit options (family,
+        covariance, shrinkage) and seed; the fitted state is not changed.
+
+        Returns
+        -------
+        DataAudit
+        """
+        from fairsteer.significance import audit_data
+
+        self._validate_params()
+        arr, names, _ = _to_array(X)
+        return audit_data(
+            arr,
+            _labels(y, "class"),
+            _labels(sensitive_features, "group"),
+            n_bootstrap=n_bootstrap,
+            level=level,
+            seed=int(self.seed),
+            family=self.family,
+            covariance=self.covariance,
+            shrinkage=self.shrinkage,
+            features=names,
+        )
+
     def transform(self, X: ArrayLike, *, sensitive_features: ArrayLike) -> Any:
         """Steer rows whose label is unknown (mode ``unlabeled``)."""
         arr, wrap = self._check(X)
