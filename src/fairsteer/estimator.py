@@ -319,7 +319,7 @@ class OptimalSteering:
         n_bootstrap: int = 200,
         level: float = 0.95,
     ) -> Any:
-        """Audit (X, y) with bootstrap intervals and a test of ideality (THEORY 10).
+        """Audit (X, y) with bootstrap intervals and a test of ideality (:ref:`theory-10`).
 
         :func:`fairsteer.audit_data` with this estimator's fit options (family,
         covariance, shrinkage) and seed; the fitted state is not changed.

@@ -1,4 +1,4 @@
-"""Finite-sample audit: how sure is a verdict (THEORY section 10).
+"""Finite-sample audit: how sure is a verdict (:ref:`theory-10`).
 
 A model fitted on n rows of an ideal law is not exactly ideal, and the gaps
 of :func:`fairsteer.audit` are estimates. This module reports them with
@@ -359,7 +359,7 @@ def audit_data(
       audited; the interval of a quantity is the
       :math:`((1-\ell)/2, (1+\ell)/2)` quantile pair of its B values;
     - **test** of "the true law is ideal": with :math:`T` the fitted
-      nearest-ideal KL (THEORY 4a, best reference) and :math:`T_b` its value
+      nearest-ideal KL (:ref:`theory-4a`, best reference) and :math:`T_b` its value
       on B data sets drawn from the fitted model's nearest ideal model with
       the same group sizes (class counts multinomial with the ideal priors,
       cell statistics drawn by :func:`sample_cell_statistics`),
