@@ -26,7 +26,7 @@ scheduler address), or Dask's local schedulers.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +104,12 @@ def merge_partials(*parts: Partial) -> Partial:
     return out
 
 
-def tree_reduce(parts: Sequence[Any], split_every: int = SPLIT_EVERY) -> Any:
-    """A delayed tree of :func:`merge_partials` over delayed partials, in order.
+def tree_reduce(
+    parts: Sequence[Any],
+    split_every: int = SPLIT_EVERY,
+    merge: Callable[..., Any] = merge_partials,
+) -> Any:
+    """A delayed tree of ``merge`` (default :func:`merge_partials`) over delayed partials.
 
     Every node merges at most ``split_every`` consecutive children, so no task
     holds more than ``split_every`` sets of statistics, and the order of the
@@ -119,7 +123,7 @@ def tree_reduce(parts: Sequence[Any], split_every: int = SPLIT_EVERY) -> Any:
         raise InputError("the data have no partitions")
     while len(level) > 1:
         level = [
-            dask.delayed(merge_partials, pure=True)(*level[k : k + split_every])
+            dask.delayed(merge, pure=True)(*level[k : k + split_every])
             for k in range(0, len(level), split_every)
         ]
     return level[0]

@@ -19,8 +19,11 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.io import TableWriter, atomic_output
     from fairsteer.maps import SteeringMaps
     from fairsteer.model import write_atomic
+    from fairsteer.shards import steer_command, use_shards
     from fairsteer.solve import solve
 
+    if use_shards(args):  # a directory or glob of shards (-o a directory), or --engine dask
+        return steer_command(args)
     check_output(args.output, args.data)
     out_kind = _output_kind(args.output)
     # Pass 1: fit chunk by chunk (every bad input is found here, before any write).
@@ -113,5 +116,10 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="also write OUT.model.json, OUT.solution.json and OUT.audit.json",
     )
-    p.add_argument("-o", "--output", required=True, help="CSV or Parquet file to write")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="CSV or Parquet file to write (for shards: a new directory of steered shards)",
+    )
     p.set_defaults(handler=_cmd_steer)
