@@ -215,9 +215,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """--group, --label, --features, --family, --covariance, --shrinkage."""
-    p.add_argument(
-        "data", help=f"{_DATA_HELP}; or a directory or glob of such shards (one kind)"
-    )
+    p.add_argument("data", help=f"{_DATA_HELP}; or a directory or glob of such shards (one kind)")
     p.add_argument("--group", required=True, help="column with the sensitive attribute")
     p.add_argument("--label", required=True, help="column with the class label")
     p.add_argument(

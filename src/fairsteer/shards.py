@@ -102,7 +102,9 @@ def use_shards(args: Any) -> bool:
     if engine != "dask" and (scheduler is not None or workers is not None):
         raise InputError("--scheduler and --workers need --engine dask")
     if scheduler is not None and workers is not None:
-        raise InputError("give --scheduler (an existing cluster) or --workers (a local one)")
+        raise InputError(
+            "give --scheduler (an existing cluster) or --workers (a local one), not both"
+        )
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     return engine == "dask" or shard_paths(args.data) is not None
