@@ -394,3 +394,55 @@ def test_output_directory_must_be_new(tmp_path, capsys):
         assert code == 2 and "already exists" in err
     assert (taken / "keep.txt").read_text() == "mine"
     assert sorted(os.listdir(shards)) == ["part-00.csv", "part-01.csv"]
+
+
+def test_one_label_spelled_two_ways_across_shards_is_one_label(tmp_path, capsys):
+    """CSV cells "1" and "1.0" are one class, in one file as across shards (first spelling)."""
+    X, y, g = sample(n=600, seed=7, groups=("f", "m"), d=2)
+    df = frame(X, y, g)
+    text = df.astype({"label": str})
+    spelled = text.copy()
+    spelled.loc[300:, "label"] = spelled.loc[300:, "label"].map({"0": "0.0", "1": "1.0"})
+    shards = tmp_path / "in"
+    shards.mkdir()
+    spelled.iloc[:300].to_csv(shards / "a.csv", index=False)
+    spelled.iloc[300:].to_csv(shards / "b.csv", index=False)
+    spelled.to_csv(tmp_path / "all.csv", index=False)
+    args = ["--group", "sex", "--label", "label"]
+    assert run(capsys, "fit", tmp_path / "all.csv", *args, "-o", tmp_path / "m0.json")[0] == 0
+    assert run(capsys, "fit", shards, *args, "-o", tmp_path / "m1.json")[0] == 0
+    from fairsteer import GaussianModel
+
+    m0, m1 = (GaussianModel.load(tmp_path / f"m{k}.json") for k in (0, 1))
+    assert m1.classes == m0.classes == ("0", "1")
+    same_model(m1, m0)
+
+
+def test_one_file_on_dask_equals_the_one_file_path(client, tmp_path, capsys):
+    whole, _, _ = write_shards(tmp_path, "parquet", cuts=(0, 1000), n=1000)
+    args = ["--group", "sex", "--label", "label"]
+    assert run(capsys, "steer", whole, *args, "-o", tmp_path / "s0.csv")[0] == 0
+    dask_args = ["--engine", "dask", "--scheduler", client.scheduler.address]
+    code, out, err = run(capsys, "steer", whole, *args, *dask_args, "-o", tmp_path / "s1.csv")
+    assert code == 0 and "-> " + str(tmp_path / "s1.csv") in out, err
+    ref, got = read(tmp_path / "s0.csv"), read(tmp_path / "s1.csv")
+    assert list(got.columns) == list(ref.columns)
+    assert got[["sex", "label", "note", "weight"]].equals(ref[["sex", "label", "note", "weight"]])
+    assert np.allclose(got[["x1", "x2"]].astype(float), ref[["x1", "x2"]].astype(float), atol=1e-9)
+
+
+def test_a_dead_worker_becomes_one_line():
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    from fairsteer.shards import _engine_errors
+
+    with (
+        pytest.raises(InputError, match=r"KilledWorker.*a worker died.*more memory"),
+        _engine_errors(),
+    ):
+        raise KilledWorker("shard_partial-123", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+    # a bug stays a bug, with its traceback
+    with pytest.raises(ZeroDivisionError), _engine_errors():
+        raise ZeroDivisionError

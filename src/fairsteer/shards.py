@@ -406,9 +406,13 @@ def _engine_errors() -> Iterator[None]:
             exc, OSError | TimeoutError
         ):
             raise
+        hint = (
+            "a worker died (out of memory?): give the workers more memory or use smaller shards"
+            if type(exc).__name__ == "KilledWorker"
+            else "check that the scheduler and its workers are running and see the same files"
+        )
         raise InputError(
-            f"the Dask computation failed ({type(exc).__name__}: {exc}); a worker may have "
-            "run out of memory: give the workers more memory or use smaller shards"
+            f"the Dask computation failed ({type(exc).__name__}: {exc}); {hint}"
         ) from None
 
 
