@@ -153,17 +153,29 @@ def main() -> None:
     p.add_argument("--d", type=int, default=16)
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--classes", type=int, default=2)
-    p.add_argument("--partition-rows", type=int, default=250_000)
+    p.add_argument("--partition-rows", type=int, default=100_000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--memory-limit", default="512MiB")
     args = p.parse_args()
 
+    import dask
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
 
     from fairsteer import fit_model
     from fairsteer.dask import fit_model_dask
 
+    # The limit is a hard one (a worker above 95% of it is restarted), but a
+    # worker must not pause at 80% (it would wait forever for memory that only
+    # its own next task frees) nor spill (there is nothing to spill: partitions
+    # are consumed at once).
+    dask.config.set(
+        {
+            "distributed.worker.memory.pause": False,
+            "distributed.worker.memory.spill": False,
+            "distributed.worker.memory.target": False,
+        }
+    )
     limit = parse_bytes(args.memory_limit)
     sizes = sorted(int(s) for s in args.sizes)
     d, m, K = args.d, args.groups, args.classes
