@@ -446,3 +446,17 @@ def test_a_dead_worker_becomes_one_line():
     # a bug stays a bug, with its traceback
     with pytest.raises(ZeroDivisionError), _engine_errors():
         raise ZeroDivisionError
+
+
+def test_the_command_in_a_fresh_process_reaches_the_cluster(client, tmp_path):
+    """The real command (no client of its own but the one it opens) against a scheduler address."""
+    import subprocess
+    import sys
+
+    _, shards, _ = write_shards(tmp_path, "parquet", cuts=(0, 400, 800, 1200), n=1200)
+    argv = [sys.executable, "-m", "fairsteer", "steer", str(shards), "--group", "sex"]
+    argv += ["--label", "label", "--engine", "dask", "--scheduler", client.scheduler.address]
+    res = subprocess.run([*argv, "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "steered 1200 rows" in res.stdout and "3 shard(s)" in res.stdout
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(shards))

@@ -383,15 +383,17 @@ class DaskRunner:
             return self.client.compute(tree).result()
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
-        from distributed import wait
-
         with _engine_errors():
             futures = [self.client.submit(fn, *item, pure=False) for item in items]
-            wait(futures)
-            for future in futures:
-                if future.status != "finished":
-                    future.result()  # raises the task's error
-            return list(self.client.gather(futures))
+            results, errors = [], []
+            for future in futures:  # every task ends (done or failed) before we go on
+                try:
+                    results.append(future.result())
+                except Exception as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+            return results
 
 
 @contextlib.contextmanager
