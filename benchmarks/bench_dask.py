@@ -191,7 +191,7 @@ def main() -> None:
         threads_per_worker=1,
         processes=True,
         memory_limit=limit,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: never a clash with a running cluster
         silence_logs=logging.ERROR,
     )
     client = Client(cluster)

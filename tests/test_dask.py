@@ -54,7 +54,7 @@ def client():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: never a clash with a running cluster
         silence_logs=logging.ERROR,
     )
     with cluster, Client(cluster) as c:

@@ -448,7 +448,7 @@ def runner(args: Any, n_tasks: int) -> Iterator[LocalRunner | DaskRunner]:
         n_workers=n,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",  # a free port: never a clash with a running cluster
         silence_logs=logging.ERROR,
     )
     with cluster, Client(cluster, set_as_default=False) as client:
