@@ -7,6 +7,7 @@ it with ``--engine dask --scheduler ADDRESS`` (the path to any cluster).
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 
@@ -460,3 +461,20 @@ def test_the_command_in_a_fresh_process_reaches_the_cluster(client, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "steered 1200 rows" in res.stdout and "3 shard(s)" in res.stdout
     assert sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(shards))
+
+
+def test_sharded_steer_artifacts_sit_beside_the_output_directory(tmp_path, capsys):
+    _, shards, _ = write_shards(tmp_path, "csv", cuts=(0, 300, 600), n=600)
+    args = ["--group", "sex", "--label", "label"]
+    code, out, err = run(capsys, "steer", shards, *args, "--artifacts", "-o", tmp_path / "out")
+    assert code == 0, err
+    assert run(capsys, "fit", shards, *args, "-o", tmp_path / "m.json")[0] == 0
+    from fairsteer import GaussianModel, Solution
+
+    same_model(
+        GaussianModel.load(tmp_path / "out.model.json"), GaussianModel.load(tmp_path / "m.json")
+    )
+    sol = Solution.load(tmp_path / "out.solution.json")
+    assert f"KL = {sol.kl:.6g}" in out
+    audit = json.loads((tmp_path / "out.audit.json").read_text())
+    assert set(audit) == {"before", "after"}
