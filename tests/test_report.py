@@ -34,6 +34,9 @@ def test_demo_report_renders_in_headless_chromium(tmp_path):
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
+            # this machine's closed network refuses QUIC / background connections
+            # (env notes, "Known to work"): keep Chromium from trying
+            "--disable-quic",
             "--disable-background-networking",
             "--disable-component-update",
             "--no-first-run",

@@ -15,7 +15,7 @@ from fairsteer.data.tabular import load_tabular  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.estimator import OptimalSteering  # noqa: E402
 from fairsteer.experiments.tabular import CLEAN_ROW, ROWS, inject_bias, run_tabular  # noqa: E402
-from fairsteer.model import fit_model  # noqa: E402
+from fairsteer.fit import fit_model  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Ideality audit: how far is a model from ideal (THEORY sections 2 and 3).
+"""Ideality audit: how far is a model from ideal (:ref:`theory-2` and :ref:`theory-3`).
 
 For a model we report the supremum over costs of the DP, EO and equalized-odds
 gaps of its group-aware Bayes-optimal classifier h_c, the gaps at cost 1/2, and
@@ -54,7 +54,7 @@ class Audit:
     ----------
     is_ideal : bool
         True when an affinely-equivalent ideal model is within
-        ``IDEAL_KL_TOL`` nats (THEORY 3's sufficient condition; then every gap
+        ``IDEAL_KL_TOL`` nats (:ref:`theory-3`'s sufficient condition; then every gap
         is zero for every cost).
     method : {"closed-form", "monte-carlo"}
         How the gaps were computed.
@@ -70,7 +70,7 @@ class Audit:
     bayes_error : float
         Error rate of the Bayes classifier at cost 1/2 (0-1 loss).
     prior_residual : float
-        max over groups a, b and classes i of |pi[a,i] - pi[b,i]|.
+        max over groups a, b and classes i of ``|pi[a,i] - pi[b,i]|``.
     gram_residual : float or None
         Shared covariance: max_{a,b} ||D_a^T S_a^-1 D_a - D_b^T S_b^-1 D_b||_F
         relative to the largest Gram norm (0 iff the feature parts are affinely
@@ -78,7 +78,7 @@ class Audit:
         necessary).
     nearest_ideal_kl : float
         KL (nats) to the nearest affinely-equivalent model keeping one group
-        (affirmative action with the best reference): 0 iff ideal by THEORY 3.
+        (affirmative action with the best reference): 0 iff ideal by :ref:`theory-3`.
     nearest_ideal_converged : bool
         Whether the solver behind ``nearest_ideal_kl`` met its convergence
         tolerance (see :func:`fairsteer.solve.affirmative_action`).
@@ -140,7 +140,7 @@ def binary_rates(model: GaussianModel, costs: ArrayLike) -> tuple[Array, Array]:
     """Exact TPR and FPR of h_c per group for a binary shared-covariance model.
 
     Given Y the log-likelihood ratio of group a is N(+-delta_a^2/2, delta_a^2);
-    h_c predicts 1 iff LLR >= logit(c) - logit(pi[a,1]) (THEORY 3).
+    h_c predicts 1 iff LLR >= logit(c) - logit(pi[a,1]) (:ref:`theory-3`).
 
     Returns
     -------

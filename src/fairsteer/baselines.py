@@ -1,11 +1,11 @@
-"""Baselines the experiments compare with (THEORY section 7).
+"""Baselines the experiments compare with (:ref:`theory-7`).
 
 - Reweighing (Kamiran and Calders): weights P(a) P(i) / P(a, i), features untouched.
 - Mean matching: shift every group to a common mean.
 - Gaussian OT between groups (MiMiC-style): x -> A_a (x - m_a) + m_r, the OT map
   from group a's overall mean and covariance to the reference group's.
 
-The two group maps are affine per group, so (THEORY 5) they leave the
+The two group maps are affine per group, so (:ref:`theory-5`) they leave the
 group-aware Bayes classifier unchanged; they matter for group-blind models.
 Each is a function on arrays plus a small frozen object with ``transform``
 (samples) and ``transform_model`` (the exact image of a Gaussian model).
@@ -20,8 +20,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.fit import shrink_covariance
 from fairsteer.linalg import gaussian_ot_matrix, symmetrize
-from fairsteer.model import GaussianModel, shrink_covariance
+from fairsteer.model import GaussianModel
 from fairsteer.stats import encode_labels
 
 __all__ = ["GroupAffineMap", "gaussian_ot_between_groups", "mean_matching", "reweighing_weights"]

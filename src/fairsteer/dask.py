@@ -34,8 +34,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.families import Families
+from fairsteer.fit import check_fit_options, model_from_stats
 from fairsteer.maps import SteeringMaps
-from fairsteer.model import GaussianModel, model_from_stats, to_model_space
+from fairsteer.model import GaussianModel
 from fairsteer.stats import CellStats, FeatureRange, cell_statistics_from_codes, encode_labels
 
 __all__ = [
@@ -132,7 +134,7 @@ def tree_reduce(
 def finish_fit(
     total: Partial,
     *,
-    family: str | tuple[str, ...],
+    family: Families,
     covariance: str,
     shrinkage: float | str | None,
     features: Sequence[str] | None,
@@ -166,12 +168,12 @@ def _block_partial(
     X: Array,
     y: NDArray[Any],
     g: NDArray[Any],
-    log_mask: NDArray[np.bool_],
+    family: Families,
     features: Sequence[str] | None,
     where: str,
 ) -> Partial:
     """Statistics of one block of rows of a dask array (labels: the block's own, sorted)."""
-    d = log_mask.size
+    d = len(family)
     span = FeatureRange(d)
     X = np.ascontiguousarray(X, dtype=np.float64)  # row gathers of column-major X are slow
     y, g = np.asarray(y).reshape(-1), np.asarray(g).reshape(-1)
@@ -183,7 +185,7 @@ def _block_partial(
                 f"X has {X.shape[0]} rows but y has {y.size} and groups has {g.size}; "
                 "partition y and groups like the rows of X"
             )
-        Z = to_model_space(X, log_mask, features)
+        Z = family.forward(X, None, features)
         glabels, gcodes = encode_labels(g, None, "group")
         clabels, ccodes = encode_labels(y, None, "class")
     except InputError as exc:
@@ -234,17 +236,17 @@ def _as_row_blocks(X: Any, y: Any, groups: Any) -> tuple[Any, Any, Any]:
     return X, out[0], out[1]
 
 
-def _log_mask(family: str | Sequence[str], d: int) -> tuple[str | tuple[str, ...], Any]:
-    from fairsteer.model import FAMILIES
-
-    fam = (family,) if isinstance(family, str) else tuple(family)
-    if len(fam) not in (1, d):
+def _families(family: Any, d: int) -> Families:
+    """The features' families, fitted (statistics are accumulated on the Gaussian scale)."""
+    fam = family if isinstance(family, Families) else Families(family, d)
+    if len(fam) != d:
         raise InputError(f"{len(fam)} families given for {d} features; give one per feature")
-    bad = [f for f in fam if f not in FAMILIES]
-    if bad:
-        raise InputError(f"family must be one of {FAMILIES}, got {bad[0]!r}")
-    full = fam * d if len(fam) == 1 else fam
-    return (fam[0] if len(set(fam)) == 1 else fam), np.array([f == "lognormal" for f in full])
+    if not fam.fitted:
+        raise InputError(
+            "a family with parameters must be fitted before a Dask fit (Families.fit on a "
+            "sample of the rows), since the statistics are accumulated on the Gaussian scale"
+        )
+    return fam
 
 
 # -------------------------------------------------------- map: dataframes
@@ -294,7 +296,7 @@ def _frame_partial(
     features: Sequence[str],
     group: str,
     label: str,
-    log_mask: NDArray[np.bool_],
+    family: Families,
     where: str,
 ) -> Partial:
     """Statistics of one dataframe partition (labels: the partition's own, sorted)."""
@@ -303,7 +305,7 @@ def _frame_partial(
         return Partial(None, span)
     X = _frame_features(df, features, where)
     try:
-        Z = to_model_space(X, log_mask, features)
+        Z = family.forward(X, None, features)
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
     glabels, gcodes = _frame_codes(df[group], "group", where)
@@ -358,18 +360,18 @@ def _partials(
     group: str | None,
     label: str | None,
     features: Sequence[str] | None,
-    family: str | Sequence[str],
-) -> tuple[list[Any], list[str] | None, str | tuple[str, ...]]:
+    family: Any,
+) -> tuple[list[Any], list[str] | None, Families]:
     """Delayed partials of every partition, the feature names and the family."""
     dask = _dask()
     if _is_frame(data):
         if y is not None or groups is not None:
             raise InputError("with a dataframe, name the columns: group='...', label='...'")
         names = _frame_layout(data, group, label, features)
-        fam, mask = _log_mask(family, len(names))
+        fam = _families(family, len(names))
         parts = [
             dask.delayed(_frame_partial, pure=True)(
-                part, names, group, label, mask, f"partition {k}"
+                part, names, group, label, fam, f"partition {k}"
             )
             for k, part in enumerate(data.to_delayed())
         ]
@@ -383,7 +385,7 @@ def _partials(
     names = None if features is None else [str(f) for f in features]
     if names is not None and len(names) != d:
         raise InputError(f"{len(names)} feature names given for {d} features")
-    fam, mask = _log_mask(family, d)
+    fam = _families(family, d)
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
     blocks = zip(X.to_delayed()[:, 0], y.to_delayed(), groups.to_delayed())
     parts = []
@@ -393,7 +395,7 @@ def _partials(
             if np.isfinite(starts[k + 1])
             else f"partition {k}"
         )
-        parts.append(dask.delayed(_block_partial, pure=True)(xb, yb, gb, mask, names, where))
+        parts.append(dask.delayed(_block_partial, pure=True)(xb, yb, gb, fam, names, where))
     return parts, names, fam
 
 
@@ -405,7 +407,7 @@ def cell_statistics_dask(
     group: str | None = None,
     label: str | None = None,
     features: Sequence[str] | None = None,
-    family: str | Sequence[str] = "normal",
+    family: Any = "normal",
     group_labels: Sequence[Hashable] | None = None,
     class_labels: Sequence[Hashable] | None = None,
     split_every: int = SPLIT_EVERY,
@@ -479,7 +481,7 @@ def fit_model_dask(
     group: str | None = None,
     label: str | None = None,
     features: Sequence[str] | None = None,
-    family: str | Sequence[str] = "normal",
+    family: Any = "normal",
     covariance: str = "per-class",
     shrinkage: float | str | None = None,
     group_labels: Sequence[Hashable] | None = None,
@@ -538,7 +540,7 @@ def _fit(
     group: str | None,
     label: str | None,
     features: Sequence[str] | None,
-    family: str | Sequence[str],
+    family: Any,
     group_labels: Sequence[Hashable] | None,
     class_labels: Sequence[Hashable] | None,
     split_every: int,
@@ -547,6 +549,7 @@ def _fit(
     model: bool,
 ) -> tuple[CellStats, GaussianModel | None]:
     dask = _dask()
+    check_fit_options(covariance, shrinkage)
     parts, names, fam = _partials(data, y, groups, group, label, features, family)
     (total,) = dask.compute(tree_reduce(parts, split_every))
     if not model:

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.model import atomic_output, write_atomic
+from fairsteer.files import atomic_output, write_atomic
 
 __all__ = [
     "Chunk",
@@ -52,6 +52,8 @@ __all__ = [
 # pyarrow's CSV reader cuts the file into blocks of CHUNK_BYTES (grown when a
 # single row is longer); the standard-library CSV reader and the Parquet reader
 # take CHUNK_ROWS rows at a time.
+# Blocks of the carriage-return scan (bounded memory whatever the file size).
+SCAN_BYTES = 1 << 20
 CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 16 << 20))
 CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 17))
 # "auto": pyarrow when importable, else the standard library; "stdlib" forces it.
@@ -634,10 +636,10 @@ class TableSource:
             named), text that is not UTF-8.
         """
         if self.kind == "parquet":
-            return self._parquet_chunks()
+            return _prefetched(self._parquet_chunks())
         if self.engine == "stdlib":
             return self._stdlib_chunks(0)
-        return self._arrow_chunks()
+        return _prefetched(self._arrow_chunks())
 
     def _parquet_chunks(self) -> Iterator[Chunk]:
         start = 0
@@ -745,14 +747,16 @@ class TableSource:
         yield from self._stdlib_chunks(done)
 
     def _has_cr(self) -> bool:
-        """Whether the file holds a carriage return anywhere (one fast scan)."""
-        import mmap
+        """Whether the file holds a carriage return anywhere (one scan in bounded blocks).
 
-        with open(self.path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                return False
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return mm.find(b"\r") >= 0
+        Plain reads, not a memory map: the pages of a mapped file count in the
+        process's resident memory, which would grow with the file.
+        """
+        with open(self.path, "rb", buffering=0) as fh:
+            while block := fh.read(SCAN_BYTES):
+                if b"\r" in block:
+                    return True
+        return False
 
     def line_of(self, row: int) -> int | None:
         """File line (1-based) on which data row ``row`` (0-based) ends; for messages."""
@@ -893,13 +897,38 @@ class TableWriter:
         self.fh, self.kind, self.names, self.source = fh, kind, names, source
         self._parquet: Any = None
         self._fast = have_pyarrow() and not (kind == "csv" and source.engine == "stdlib")
+        self._pending: Any = None
+        self._pool: Any = None
+        if self._fast:
+            from concurrent.futures import ThreadPoolExecutor
+
+            # Formatting and writing a chunk (pyarrow kernels, file writes: the
+            # GIL is released) overlap the next chunk's parse and steer.
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fairsteer-writer")
         if kind == "csv":
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow(names)
             fh.write(buf.getvalue().encode())
 
     def write(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
-        """Write the rows of ``chunk`` with the ``replaced`` columns (float64) swapped in."""
+        """Write the rows of ``chunk`` with the ``replaced`` columns (float64) swapped in.
+
+        With pyarrow the chunk is formatted and written in a background thread
+        while the caller prepares the next one (one chunk in flight, order
+        kept); an error there is raised by the next ``write`` or ``close``.
+        """
+        if self._pool is None:
+            self._write_now(chunk, replaced)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self._write_now, chunk, replaced)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write_now(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
         if self.kind == "parquet":
             self._write_parquet(chunk, replaced)
         elif self._fast:
@@ -955,10 +984,71 @@ class TableWriter:
 
     def close(self) -> None:
         """Finish the file (the Parquet footer); the caller closes ``fh``."""
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         if self.kind == "parquet":
             if self._parquet is None:
                 raise InputError("no rows to write")
             self._parquet.close()
+
+    def __del__(self) -> None:  # a writer abandoned after an error: stop its thread
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+    """``chunks``, read ahead by ``depth`` chunks in a background thread.
+
+    pyarrow's readers release the GIL, so reading and parsing the next chunk
+    overlaps the caller's work on this one; memory grows by ``depth`` chunks.
+    An error of the reader is raised here, at the chunk where it happened; a
+    caller that stops early stops the reader.
+    """
+    import queue
+    import threading
+
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(("chunk", chunk)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="fairsteer-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _python_text(chunk: Chunk, name: str) -> list[str]:

@@ -155,7 +155,7 @@ def kl_gaussian(m1: ArrayLike, S1: ArrayLike, m2: ArrayLike, S2: ArrayLike) -> A
         \tfrac12\left[\operatorname{tr}(S_2^{-1} S_1) + (m_2 - m_1)^T S_2^{-1} (m_2 - m_1)
         - d + \ln\det S_2 - \ln\det S_1\right]
 
-    (THEORY section 4.) Broadcasts over leading dimensions. Computed with the
+    (:ref:`theory-4`.) Broadcasts over leading dimensions. Computed with the
     Cholesky factor ``L2`` of ``S2``: the trace is ``||L2^{-1} L1||_F^2`` and the
     Mahalanobis term ``||L2^{-1} (m2 - m1)||^2``.
     """
@@ -219,7 +219,7 @@ def gaussian_ot_matrix(S_source: ArrayLike, S_target: ArrayLike) -> Array:
 
     .. math:: A = S^{-1/2} (S^{1/2} \tilde S S^{1/2})^{1/2} S^{-1/2}
 
-    (THEORY section 5): the unique symmetric positive definite solution of
+    (:ref:`theory-5`): the unique symmetric positive definite solution of
     :math:`A S A = \tilde S`. It is computed from a Cholesky factor
     :math:`S = L L^T` as :math:`A = L^{-T} (L^T \tilde S L)^{1/2} L^{-1}`
     (the same matrix: it is SPD and :math:`A S A = L^{-T} (L^T \tilde S L) L^{-1}
@@ -255,7 +255,7 @@ def tv_bound_from_kl(kl: ArrayLike) -> Array:
     r"""Upper bound on total variation from a KL divergence.
 
     :math:`\mathrm{TV} \le \min(\sqrt{\mathrm{KL}/2}, \sqrt{1 - e^{-\mathrm{KL}}})`
-    (Pinsker; Bretagnolle-Huber), THEORY section 6.
+    (Pinsker; Bretagnolle-Huber), :ref:`theory-6`.
     """
     kl = np.clip(np.asarray(kl, dtype=np.float64), 0.0, None)
     return np.minimum(np.sqrt(kl / 2.0), np.sqrt(-np.expm1(-kl)))

@@ -1,4 +1,4 @@
-"""Fairness metrics of a classifier's predictions (THEORY section 2).
+"""Fairness metrics of a classifier's predictions (:ref:`theory-2`).
 
 All functions take ``sensitive_features=`` like Fairlearn. Gaps are the
 max-min spread over groups:
@@ -104,7 +104,7 @@ def equalized_odds_gap(
 
 
 def rms_tpr_gap(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
-    """sqrt(mean_i TPR-gap_i^2) (THEORY 2; max-min spread for more than two groups)."""
+    """sqrt(mean_i TPR-gap_i^2) (:ref:`theory-2`; max-min spread for more than two groups)."""
     gaps = tpr_gaps_per_class(y_true, y_pred, sensitive_features=sensitive_features)
     return float(np.sqrt(np.nanmean(gaps**2)))
 

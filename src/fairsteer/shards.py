@@ -155,6 +155,7 @@ class ShardPartial:
             stats.counts,
             stats.means,
             stats.scatters,
+            stats.pooled,
         )
 
 
@@ -184,8 +185,8 @@ class Layout:
         The columns of every shard, in order.
     features : list of str
     group, label : str
-    log_mask : ndarray of bool
-        Features modelled on the log scale.
+    family : Families
+        The features' families (fitted: statistics are on the Gaussian scale).
     defaulted : bool
         The features were chosen by default (errors then suggest --features).
     """
@@ -194,7 +195,7 @@ class Layout:
     features: list[str]
     group: str
     label: str
-    log_mask: NDArray[np.bool_]
+    family: Any
     defaulted: bool
 
 
@@ -229,7 +230,6 @@ def shard_partial(path: Path, layout: Layout) -> ShardPartial:
     """
     from fairsteer.dask import Partial
     from fairsteer.io import LabelCoder
-    from fairsteer.model import to_model_space
     from fairsteer.stats import cell_statistics_from_codes
 
     features = layout.features
@@ -247,7 +247,7 @@ def shard_partial(path: Path, layout: Layout) -> ShardPartial:
                 raise _in_shard(path, exc, FEATURES_HINT if layout.defaulted else "") from None
             c = classes.encode(chunk)
             g = groups.encode(chunk)
-            Z = to_model_space(X, layout.log_mask, features)
+            Z = layout.family.forward(X, None, features)
             span.update(Z)
             part = cell_statistics_from_codes(Z, g, c, groups.labels, classes.labels)
             with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them
@@ -264,7 +264,7 @@ def shard_partial(path: Path, layout: Layout) -> ShardPartial:
             **dict(zip(gk, stats.groups)),
             **dict(zip(ck, stats.classes)),
         }
-        stats = CellStats(gk, ck, stats.counts, stats.means, stats.scatters)
+        stats = CellStats(gk, ck, stats.counts, stats.means, stats.scatters, stats.pooled)
     return ShardPartial(Partial(stats, span), spellings, n_rows)
 
 
@@ -458,17 +458,15 @@ def runner(args: Any, n_tasks: int) -> Iterator[LocalRunner | DaskRunner]:
 # ----------------------------------------------------------------- commands
 
 
-def _families(family: Sequence[str], d: int) -> tuple[str | tuple[str, ...], NDArray[np.bool_]]:
-    from fairsteer.model import FAMILIES
+def _families(family: Sequence[str], d: int) -> Any:
+    """``--family`` (one name, or one per feature) as fitted :class:`~fairsteer.Families`."""
+    from fairsteer.families import Families
 
     fam = tuple(family)
-    if len(fam) not in (1, d):
-        raise InputError(f"{len(fam)} families given for {d} features; give one per feature")
-    bad = [f for f in fam if f not in FAMILIES]
-    if bad:
-        raise InputError(f"family must be one of {FAMILIES}, got {bad[0]!r}")
-    full = fam * d if len(fam) == 1 else fam
-    return (fam[0] if len(set(fam)) == 1 else fam), np.array([f == "lognormal" for f in full])
+    out = Families(fam[0] if len(fam) == 1 else fam, d)
+    if not out.fitted:
+        raise InputError("a family with parameters cannot be fitted from shards yet")
+    return out
 
 
 def _shrinkage(value: str | None) -> float | str | None:
@@ -510,8 +508,8 @@ def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Lay
             break
         if not features:
             raise InputError("no numeric feature columns found; name them with --features")
-    family, mask = _families(args.family, len(features))
-    layout = Layout(list(first.names), features, args.group, args.label, mask, not args.features)
+    family = _families(args.family, len(features))
+    layout = Layout(list(first.names), features, args.group, args.label, family, not args.features)
     return layout, family
 
 
@@ -591,8 +589,8 @@ def steer_command(args: Any) -> int:
     """
     import json
 
+    from fairsteer.files import write_atomic
     from fairsteer.maps import SteeringMaps
-    from fairsteer.model import write_atomic
     from fairsteer.solve import solve
 
     sharded = shard_paths(args.data)

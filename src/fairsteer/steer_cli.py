@@ -16,9 +16,9 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fairsteer.cli import check_output, fit_from_args
+    from fairsteer.files import write_atomic
     from fairsteer.io import TableWriter, atomic_output
     from fairsteer.maps import SteeringMaps
-    from fairsteer.model import write_atomic
     from fairsteer.shards import steer_command, use_shards
     from fairsteer.solve import solve
 

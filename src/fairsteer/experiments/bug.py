@@ -11,7 +11,7 @@ professions, max per-profession DP gap, and per-profession TPR gaps.
 Methods: original; EF-Affirmative and EF-All-subgroups (shared covariance per
 gender with OAS shrinkage: ~28 classes in d=384 leave too few sentences per
 cell for per-class covariances), each with the three test-time treatments of
-THEORY 5 (soft, hard, training-only); MiMiC (Gaussian OT of each gender onto
+:ref:`theory-5` (soft, hard, training-only); MiMiC (Gaussian OT of each gender onto
 the larger one, the same OAS-shrunk covariances: pooled LayerNorm outputs lie
 in a hyperplane, so raw covariances are singular); mean matching; LEACE
 (concept-erasure's LeaceEraser with the one-hot gender as concept).

@@ -29,8 +29,9 @@ from fairsteer.audit import audit, binary_gap_curves
 from fairsteer.baselines import gaussian_ot_between_groups, mean_matching, reweighing_weights
 from fairsteer.data.synthetic import GROUPS, case_study, sample_model
 from fairsteer.estimator import OptimalSteering
+from fairsteer.fit import fit_model
 from fairsteer.metrics import dp_gap, eo_gap
-from fairsteer.model import GaussianModel, fit_model
+from fairsteer.model import GaussianModel
 from fairsteer.solve.solution import objective
 
 __all__ = ["METHODS", "add_parser", "format_table", "run_demo"]

@@ -1,6 +1,6 @@
 r"""``fairsteer experiment generation``: steer generation equally well for every group.
 
-THEORY section 8, issue 12. Per seed:
+:ref:`theory-8`, issue 12. Per seed:
 
 1. Items of every group (:mod:`fairsteer.experiments.generation_prompts`) are
    split into fitting and evaluation halves (``n_prompts`` each per group).
@@ -25,7 +25,7 @@ least ``threshold``, 0.5 as in BOLD); a representation-space probe, a
 logistic regression of the concept trained on the unsteered fitting states
 (group-blind), whose acceptance rate is the share of a continuation's steered
 states it classifies as desired; for the EF methods also the Bayes detector
-of the ideal model, :math:`\tilde P(Y=1 \mid h, a) \ge 1/2` (THEORY 8
+of the ideal model, :math:`\tilde P(Y=1 \mid h, a) \ge 1/2` (:ref:`theory-8`
 predicts equal acceptance across groups under the model); fluency: perplexity
 of the continuation under the unsteered model, and the repeated-3-gram rate
 of its tokens, :math:`1 - \#\text{distinct 3-grams} / \#\text{3-grams}`.

@@ -6,7 +6,7 @@ through each pre-processing method (categorical columns are carried unchanged
 and one-hot encoded); a logistic regression (standardised inputs) and a
 gradient-boosted tree are trained on the result (with the method's weights);
 metrics on the untouched test split. Test rows go through the method's
-test-time map: the soft EF map (posterior-weighted, THEORY 5) for the EF rows,
+test-time map: the soft EF map (posterior-weighted, :ref:`theory-5`) for the EF rows,
 the group maps for mean matching and Gaussian OT, the fitted transform for
 CorrelationRemover. Every row sees the integer-valued features dequantised
 (+ Uniform[0, 1) on the raw scale, seeded; ``--no-dequantize`` turns it off):
@@ -153,7 +153,7 @@ def _one_seed(
     from fairsteer.audit import audit
     from fairsteer.baselines import gaussian_ot_between_groups, mean_matching, reweighing_weights
     from fairsteer.estimator import OptimalSteering
-    from fairsteer.model import fit_model
+    from fairsteer.fit import fit_model
 
     Xc, y, g = data.X_continuous, data.y, data.groups
     cats = data.frame[list(data.categorical)].astype(str).to_numpy()
@@ -319,7 +319,7 @@ def run_tabular(
         the EF-steered lattice and the group off the group-wide maps' lattice.
     group_aware : bool
         Give the downstream models the one-hot group as an input (the setting
-        of the EF guarantee, THEORY 2 and 5; CorrelationRemover still removes
+        of the EF guarantee, :ref:`theory-2` and :ref:`theory-5`; CorrelationRemover still removes
         it).
 
     Returns

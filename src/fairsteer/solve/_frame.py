@@ -1,4 +1,4 @@
-"""Per-group standardisation of a model (THEORY 4d) and the span of its class means.
+"""Per-group standardisation of a model (:ref:`theory-4d`) and the span of its class means.
 
 Every solver works on a *standardised* copy of the model: group a's features
 are centred at c_a and whitened by a Cholesky factor L_a,
@@ -9,7 +9,7 @@ per-class: c_a, L_a L_a^T = mean and covariance of group a's whole feature
 law (mixture of its classes); shared: the prior-weighted mean and the shared
 within-class covariance. The map (x, a) -> (z, a) is a bijection of the joint
 space, so it changes neither the KL of any candidate nor the set of ideal
-models (THEORY 4d); the optimum found in z is mapped back exactly:
+models (:ref:`theory-4d`); the optimum found in z is mapped back exactly:
 
     G_a = L_a g_a L_r^-1,   t_a = c_a + L_a tau_a - G_a c_r
 

@@ -1,13 +1,13 @@
 """The map block of every solver: the best affine map from a reference to one group.
 
 For a reference (pi~, nu_i, Om_i) and a group with parameters (mu_i, S_i) this
-minimises (THEORY section 4a)
+minimises (:ref:`theory-4a`)
 
     f(G, t) = sum_i pi~_i KL(N(G nu_i + t, G Om_i G^T) || N(mu_i, S_i))
 
 over invertible G and vectors t.
 
-Everything runs in *standardised coordinates* (THEORY 4d): the reference is
+Everything runs in *standardised coordinates* (:ref:`theory-4d`): the reference is
 centred and whitened by its prior-pooled total covariance, the group likewise,
 so that ``G = L_t g L_r^-1`` and ``t = mbar_t + L_t tau - G mbar_r``. The
 objective is exactly invariant under this change of variables, and in these
@@ -71,7 +71,7 @@ def logdet_chol(L: Array) -> Array:
 def closed_form_standard(
     pi: Array, nu: Array, C_chol: Array, mu: Array, S_chol: Array
 ) -> tuple[Array, Array, Array, Array]:
-    r"""The shared-covariance closed form of THEORY 4a from Cholesky factors.
+    r"""The shared-covariance closed form of :ref:`theory-4a` from Cholesky factors.
 
     ``nu`` and ``mu`` are the class means of reference and group *centred*
     at their pi-weighted means; ``C_chol`` is a Cholesky factor of
@@ -273,7 +273,7 @@ class MapBlock:
 
     # --------------------------------------------------------------- starts
     def pooled_start(self) -> Array:
-        """Closed form of THEORY 4a with the pi-pooled covariances (global if shared)."""
+        """Closed form of :ref:`theory-4a` with the pi-pooled covariances (global if shared)."""
         Om_pool = np.einsum("k,kde->de", self.pi, self.Om)
         S_pool = np.einsum("k,kde->de", self.pi, self.S_std)
         C = Om_pool + (self.nu.T * self.pi) @ self.nu

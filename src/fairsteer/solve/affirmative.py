@@ -1,12 +1,12 @@
 """Affirmative action: one reference group stays, every other group moves.
 
-THEORY section 4a. With reference group r, pi~ = pi[r], nu_i = mu[r, i] and
+:ref:`theory-4a`. With reference group r, pi~ = pi[r], nu_i = mu[r, i] and
 Om_i = S[r, i]; group r keeps its law (G_r = I, t_r = 0) and every other group
 a gets the affine map minimising
 
     f(G, t) = sum_i pi~_i KL(N(G mu[r,i] + t, G S[r,i] G^T) || N(mu[a,i], S[a,i])).
 
-Both cases are solved on the per-group standardised model (THEORY 4d, see
+Both cases are solved on the per-group standardised model (:ref:`theory-4d`, see
 :mod:`fairsteer.solve._frame`), so units and offsets of the features do not
 change the answer. Shared covariance: the closed form (global minimum over all
 invertible G), computed in the span of the standardised class means.
@@ -82,7 +82,7 @@ def affirmative_action(
 
     Notes
     -----
-    Shared covariance (THEORY 4a): with :math:`\bar m = \sum_i \tilde\pi_i \mu_{\cdot,i}`,
+    Shared covariance (:ref:`theory-4a`): with :math:`\bar m = \sum_i \tilde\pi_i \mu_{\cdot,i}`,
     :math:`C = S_r + \sum_i \tilde\pi_i (\mu_{r,i}-\bar m_r)(\mu_{r,i}-\bar m_r)^T`,
     :math:`B = \sum_i \tilde\pi_i (\mu_{r,i}-\bar m_r)(\mu_{a,i}-\bar m_a)^T`,
     :math:`E = C^{-1/2} B S_a^{-1/2}` and the SVD :math:`E^T = U \operatorname{diag}(s) V^T`:

@@ -1,6 +1,6 @@
 """All subgroups: every group may move towards a common reference.
 
-THEORY section 4b. The program min KL(D~ || D) over ideal Gaussian D~ is
+:ref:`theory-4b`. The program min KL(D~ || D) over ideal Gaussian D~ is
 non-convex; block-coordinate descent with an exact minimiser (closed form) or
 a Newton-refined one for every block never increases the objective:
 
@@ -16,7 +16,7 @@ program iff every map block's gradient vanishes. That gradient norm (in
 standardised, dimensionless coordinates) is the convergence certificate
 reported in the diagnostics.
 
-Everything runs on the per-group standardised model (THEORY 4d); shared
+Everything runs on the per-group standardised model (:ref:`theory-4d`); shared
 covariance runs in the span of the standardised class means (dimension
 q <= m (K - 1)), so a sweep costs O(m K q^2) instead of O(m d^3). The
 reference is only defined up to an affine map: it is fixed by g_0 = I.
@@ -116,7 +116,7 @@ def _perturbed(base: _State, rng: np.random.Generator) -> _State:
     The priors are mixed with a Dirichlet draw and each reference mean moves
     by a random combination of the centred reference means,
     nu_i + 0.3 sum_j c_ij (nu_j - nubar): both are covariant under the
-    per-group affine maps of THEORY 4d, so equivalent models get equivalent
+    per-group affine maps of :ref:`theory-4d`, so equivalent models get equivalent
     starts (a Gaussian kick in standardised coordinates would not).
     """
     st = base.copy()
@@ -181,7 +181,7 @@ def _descend_per_class(
             break
         for a in range(m):
             # Newton from the current map: every step of the descent is then
-            # covariant under per-group affine maps (THEORY 4d), so equivalent
+            # covariant under per-group affine maps (docs/theory.md section 4d), so equivalent
             # models follow the same path to the same stationary point.
             g, _, _, nit = blocks[a].newton(gs[a])
             s.g[a], s.tau[a] = blocks[a].to_original(g)
@@ -347,7 +347,7 @@ def all_subgroups(
     max_iter: int = 1000,
     gtol: float = GTOL,
 ) -> Solution:
-    """Nearest ideal model when every group may move (THEORY 4b).
+    """Nearest ideal model when every group may move (:ref:`theory-4b`).
 
     Parameters
     ----------

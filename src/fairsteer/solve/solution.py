@@ -1,7 +1,7 @@
 """The result of a nearest-ideal solve: the ideal model, its reference and maps.
 
 The ideal model is affinely equivalent across groups by construction
-(THEORY section 3): group a's class-i law is N(G_a nu_i + t_a, G_a Om_i G_a^T)
+(:ref:`theory-3`): group a's class-i law is N(G_a nu_i + t_a, G_a Om_i G_a^T)
 and every group has the class priors pi~.
 """
 
@@ -16,11 +16,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.files import read_json, write_atomic
 from fairsteer.linalg import kl_gaussian_cells, symmetrize, tv_bound_from_kl
-from fairsteer.model import GaussianModel, read_json, write_atomic
+from fairsteer.model import GaussianModel
+from fairsteer.options import METHODS
 
 __all__ = [
-    "METHODS",
     "Solution",
     "chain_rule_kl",
     "ideal_model",
@@ -29,7 +30,6 @@ __all__ = [
 ]
 
 Array = NDArray[np.float64]
-METHODS = ("affirmative", "all-subgroups")
 
 
 def ideal_model(
@@ -44,7 +44,7 @@ def ideal_model(
 
     Group a's class-i mean is ``G[a] @ means[i] + t[a]``, its covariance
     ``G[a] @ covariances[i] @ G[a].T``, and its joint prior ``w[a] * priors[i]``
-    with the original group weights ``w`` (P~(A) = P(A), THEORY section 4).
+    with the original group weights ``w`` (P~(A) = P(A), :ref:`theory-4`).
     """
     pi = np.asarray(priors, dtype=np.float64)
     nu = np.asarray(means, dtype=np.float64)
@@ -53,7 +53,7 @@ def ideal_model(
     t = np.asarray(t, dtype=np.float64)
     m, K, d = G.shape[0], nu.shape[0], nu.shape[1]
     new_means = nu @ np.swapaxes(G, -1, -2) + t[:, None, :]
-    if Om.strides[0] == 0 or bool(np.all(Om == Om[:1])):
+    if original.shared_covariance:
         # Shared reference covariance: one G Om G^T per group, broadcast over classes.
         per_group = symmetrize(G @ Om[0] @ np.swapaxes(G, -1, -2))
         new_covs = np.broadcast_to(per_group[:, None], (m, K, d, d))
@@ -68,7 +68,7 @@ def chain_rule_kl(
 ) -> tuple[float, Array]:
     """Total KL of an ideal model with common priors ``priors`` (K,), and its prior parts.
 
-    sum_a w_a [KL(pi~ || pi[a]) + sum_i pi~_i KL(F~[a,i] || F[a,i])] (THEORY 4)
+    sum_a w_a [KL(pi~ || pi[a]) + sum_i pi~_i KL(F~[a,i] || F[a,i])] (:ref:`theory-4`)
     for group weights ``weights`` (m,), the original class priors
     ``class_priors`` (m, K) and the cell KLs ``cell_kl`` (m, K).
     """
@@ -85,7 +85,7 @@ def objective(original: GaussianModel, ideal: GaussianModel) -> tuple[float, Arr
         + \\sum_i \\tilde\\pi_{a,i}\\,\\mathrm{KL}(\\tilde F_{a,i}\\|F_{a,i})\\Big]
 
     Both models are first standardised with the original's per-group frame
-    (THEORY 4d: KL is invariant under a bijection applied to both laws), so the
+    (:ref:`theory-4d`: KL is invariant under a bijection applied to both laws), so the
     value does not lose digits to large offsets or badly scaled features.
 
     Returns
@@ -138,7 +138,7 @@ def solution_from_standard(
     original. ``nu`` (K, d) and ``Om`` (K, d, d) are the reference in the standardised
     coordinates of group ``gauge``, whose map must be the identity
     (g[gauge] = I, tau[gauge] = 0). The KL and its parts are evaluated in
-    standardised coordinates (exactly invariant, THEORY 4d). For affirmative
+    standardised coordinates (exactly invariant, :ref:`theory-4d`). For affirmative
     action (``reference_group`` set) the kept group's cells are copied from
     the original model bit for bit.
     """
@@ -247,7 +247,7 @@ class Solution:
             method=method,
             reference_priors=np.asarray(priors, dtype=np.float64),
             reference_means=np.asarray(means, dtype=np.float64),
-            reference_covariances=_shared_or_symmetric(covariances),
+            reference_covariances=_shared_or_symmetric(covariances, original.shared_covariance),
             G=np.asarray(G, dtype=np.float64),
             t=np.asarray(t, dtype=np.float64),
             kl=total,
@@ -263,7 +263,7 @@ class Solution:
         return self.prior_kl + np.sum(self.reference_priors * self.cell_kl, axis=1)
 
     def bounds(self) -> dict[str, float]:
-        r"""Transfer bounds of THEORY section 6, for any fixed classifier h.
+        r"""Transfer bounds of :ref:`theory-6`, for any fixed classifier h.
 
         With :math:`\beta(\mathrm{KL}) = \min(\sqrt{\mathrm{KL}/2}, \sqrt{1-e^{-\mathrm{KL}}})`
         (Pinsker, Bretagnolle-Huber):
@@ -385,10 +385,10 @@ class Solution:
         return cls.from_dict(read_json(path))
 
 
-def _shared_or_symmetric(covariances: ArrayLike) -> Array:
-    """Symmetrised copy, or the read-only broadcast view of a shared covariance as is."""
+def _shared_or_symmetric(covariances: ArrayLike, shared: bool) -> Array:
+    """Symmetrised copy, or one shared covariance broadcast over the classes (read-only)."""
     Om = np.asarray(covariances, dtype=np.float64)
-    return Om if Om.strides[0] == 0 else symmetrize(Om)
+    return np.broadcast_to(symmetrize(Om[0]), Om.shape) if shared else symmetrize(Om)
 
 
 def _jsonable(value: Any) -> Any:

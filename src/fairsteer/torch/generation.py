@@ -1,6 +1,6 @@
 r"""Steering a language model towards a desired output, equally for every group.
 
-THEORY section 8. Hidden states :math:`h \in \mathbb{R}^d` of one decoder layer
+:ref:`theory-8`. Hidden states :math:`h \in \mathbb{R}^d` of one decoder layer
 are grouped into cells :math:`F[a, y] = N(\mu_{a,y}, S_{a,y})` by group ``a``
 (who or what the prompt is about) and a binary concept ``y`` (0 = as is,
 1 = desired). A steering of group ``a`` is an affine map
@@ -24,7 +24,7 @@ Methods (:data:`METHODS`):
     :math:`S_a(h) = \mu_{a,1} + A_a (h - \mu_{a,0})`,
     :math:`A_a = S_{a,0}^{-1/2} (S_{a,0}^{1/2} S_{a,1} S_{a,0}^{1/2})^{1/2} S_{a,0}^{-1/2}`.
 ``ef-affirmative`` / ``ef-all-subgroups``
-    Solve the nearest ideal model of the cells (THEORY 4a / 4b) and transport
+    Solve the nearest ideal model of the cells (:ref:`theory-4a` / :ref:`theory-4b`) and transport
     :math:`F[a,0]` onto the IDEAL desired cell
     :math:`\tilde F[a,1] = N(G_a \nu_1 + t_a, G_a \Omega_1 G_a^T)`. Affirmative
     action keeps, by default, the group where steering works best in
@@ -47,7 +47,7 @@ covariances is a non-convex trust-region Newton search over :math:`d^2`
 parameters per group (about 24 s at d = 100, benchmarks/bench_engine.py), so
 for hidden states use
 ``covariance="shared"`` (one covariance per group, the closed form of
-THEORY 4a) for the solve; the map's SOURCE cell may still be the per-concept
+:ref:`theory-4a`) for the solve; the map's SOURCE cell may still be the per-concept
 moments of the undesired states (``source=``), so that on the fitting sample
 the steered states have exactly the target mean, and exactly its covariance
 when the source covariance is the unshrunk sample covariance. With shared
@@ -74,8 +74,9 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.fit import fit_model
 from fairsteer.linalg import gaussian_ot_matrix
-from fairsteer.model import GaussianModel, fit_model
+from fairsteer.model import GaussianModel
 from fairsteer.solve import Solution, solve
 
 __all__ = [
@@ -146,7 +147,7 @@ def separation(cells: GaussianModel) -> Array:
 
     :math:`\Delta_a = \sqrt{(\mu_{a,1}-\mu_{a,0})^T \bar S_a^{-1} (\mu_{a,1}-\mu_{a,0})}`
     with :math:`\bar S_a = \sum_y \pi_{a,y} S_{a,y}`. With shared covariance the
-    ideal models are exactly those with equal :math:`\Delta_a` (THEORY 3).
+    ideal models are exactly those with equal :math:`\Delta_a` (:ref:`theory-3`).
     """
     pi = cells.class_priors
     out = np.empty(cells.n_groups)
@@ -232,7 +233,7 @@ def build_steering(
     reference: Hashable | None = None,
     seed: int = 0,
 ) -> GroupSteering:
-    r"""Steering maps of one method (THEORY 8).
+    r"""Steering maps of one method (:ref:`theory-8`).
 
     Parameters
     ----------
@@ -306,7 +307,7 @@ def concept_posterior(model: GaussianModel, states: ArrayLike, groups: ArrayLike
     r"""Group-aware posterior :math:`P(Y=1 \mid h, a)` of a model with classes (0, 1).
 
     Under an ideal model (``solution.ideal``) the law of this posterior on
-    EF-steered states is the same in every group (THEORY 8), so the Bayes
+    EF-steered states is the same in every group (:ref:`theory-8`), so the Bayes
     detector ``posterior >= c`` accepts equal shares for every ``c``.
     """
     from fairsteer.bayes import posterior
