@@ -171,6 +171,7 @@ def _block_partial(
     family: Families,
     features: Sequence[str] | None,
     where: str,
+    pooled: bool = False,
 ) -> Partial:
     """Statistics of one block of rows of a dask array (labels: the block's own, sorted)."""
     d = len(family)
@@ -192,7 +193,8 @@ def _block_partial(
         raise InputError(f"{where}: {exc}") from None
     span.update(Z)
     with np.errstate(all="ignore"):
-        return Partial(cell_statistics_from_codes(Z, gcodes, ccodes, glabels, clabels), span)
+        stats = cell_statistics_from_codes(Z, gcodes, ccodes, glabels, clabels, pooled=pooled)
+        return Partial(stats, span)
 
 
 def _as_row_blocks(X: Any, y: Any, groups: Any) -> tuple[Any, Any, Any]:
@@ -298,6 +300,7 @@ def _frame_partial(
     label: str,
     family: Families,
     where: str,
+    pooled: bool = False,
 ) -> Partial:
     """Statistics of one dataframe partition (labels: the partition's own, sorted)."""
     span = FeatureRange(len(features))
@@ -312,7 +315,8 @@ def _frame_partial(
     clabels, ccodes = _frame_codes(df[label], "class", where)
     span.update(Z)
     with np.errstate(all="ignore"):
-        return Partial(cell_statistics_from_codes(Z, gcodes, ccodes, glabels, clabels), span)
+        stats = cell_statistics_from_codes(Z, gcodes, ccodes, glabels, clabels, pooled=pooled)
+        return Partial(stats, span)
 
 
 def _is_frame(data: Any) -> bool:
@@ -361,8 +365,13 @@ def _partials(
     label: str | None,
     features: Sequence[str] | None,
     family: Any,
+    pooled: bool = False,
 ) -> tuple[list[Any], list[str] | None, Families]:
-    """Delayed partials of every partition, the feature names and the family."""
+    """Delayed partials of every partition, the feature names and the family.
+
+    ``pooled``: keep one pooled within-class scatter per group (enough for a
+    shared covariance, K times smaller partials).
+    """
     dask = _dask()
     if _is_frame(data):
         if y is not None or groups is not None:
@@ -371,7 +380,7 @@ def _partials(
         fam = _families(family, len(names))
         parts = [
             dask.delayed(_frame_partial, pure=True)(
-                part, names, group, label, fam, f"partition {k}"
+                part, names, group, label, fam, f"partition {k}", pooled
             )
             for k, part in enumerate(data.to_delayed())
         ]
@@ -395,7 +404,7 @@ def _partials(
             if np.isfinite(starts[k + 1])
             else f"partition {k}"
         )
-        parts.append(dask.delayed(_block_partial, pure=True)(xb, yb, gb, fam, names, where))
+        parts.append(dask.delayed(_block_partial, pure=True)(xb, yb, gb, fam, names, where, pooled))
     return parts, names, fam
 
 
@@ -550,7 +559,8 @@ def _fit(
 ) -> tuple[CellStats, GaussianModel | None]:
     dask = _dask()
     check_fit_options(covariance, shrinkage)
-    parts, names, fam = _partials(data, y, groups, group, label, features, family)
+    pooled = model and covariance == "shared"
+    parts, names, fam = _partials(data, y, groups, group, label, features, family, pooled)
     (total,) = dask.compute(tree_reduce(parts, split_every))
     if not model:
         if total.stats is None:

@@ -189,6 +189,8 @@ class Layout:
         The features' families (fitted: statistics are on the Gaussian scale).
     defaulted : bool
         The features were chosen by default (errors then suggest --features).
+    pooled : bool
+        Keep one pooled within-class scatter per group (``--covariance shared``).
     """
 
     names: list[str]
@@ -197,6 +199,7 @@ class Layout:
     label: str
     family: Any
     defaulted: bool
+    pooled: bool = False
 
 
 def _in_shard(path: Path, exc: InputError, hint: str = "") -> InputError:
@@ -249,7 +252,9 @@ def shard_partial(path: Path, layout: Layout) -> ShardPartial:
             g = groups.encode(chunk)
             Z = layout.family.forward(X, None, features)
             span.update(Z)
-            part = cell_statistics_from_codes(Z, g, c, groups.labels, classes.labels)
+            part = cell_statistics_from_codes(
+                Z, g, c, groups.labels, classes.labels, pooled=layout.pooled
+            )
             with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them
                 stats = part if stats is None else stats.merge(part)
             n_rows += chunk.n_rows
@@ -509,7 +514,15 @@ def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Lay
         if not features:
             raise InputError("no numeric feature columns found; name them with --features")
     family = _families(args.family, len(features))
-    layout = Layout(list(first.names), features, args.group, args.label, family, not args.features)
+    layout = Layout(
+        list(first.names),
+        features,
+        args.group,
+        args.label,
+        family,
+        not args.features,
+        args.covariance == "shared",
+    )
     return layout, family
 
 
