@@ -295,7 +295,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """--group, --label, --features, --family, --covariance, --shrinkage."""
-    p.add_argument("data", help=_DATA_HELP)
+    p.add_argument("data", help=f"{_DATA_HELP}; or a directory or glob of such shards (one kind)")
     p.add_argument("--group", required=True, help="column with the sensitive attribute")
     p.add_argument("--label", required=True, help="column with the class label")
     p.add_argument(
@@ -333,6 +333,16 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
     # --context COL [COL ...] (docs/theory.md section 9), --merge-rare, --min-count
     add_context_arguments(p)
+    p.add_argument(
+        "--engine",
+        choices=["local", "dask"],
+        default="local",
+        help="local: this process; dask: a Dask cluster, one task per shard (fairsteer.shards)",
+    )
+    p.add_argument("--scheduler", metavar="ADDRESS", help="--engine dask: e.g. tcp://host:8786")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="--engine dask: a local cluster of N processes"
+    )
 
 
 def _shrinkage(value: str | None) -> float | str | None:
@@ -351,6 +361,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         from fairsteer.context_cli import cmd_fit
 
         return cmd_fit(args)
+    from fairsteer.shards import fit_command, use_shards
+
+    if use_shards(args):  # a directory or glob of shards, or --engine dask
+        return fit_command(args)
     check_output(args.output, args.data)
     fitted = fit_from_args(args)
     model, features = fitted.model, fitted.features

@@ -360,7 +360,9 @@ def cell_statistics(
     per cell (pooled: per group) with ``Z`` the shifted rows: in total the work
     of one ``X^T X``.
     """
-    X = np.asarray(X, dtype=np.float64)
+    # Row order in memory: the cells' rows are gathered, which is ~30x slower on a
+    # column-major array (what DataFrame.to_numpy() returns) than one copy.
+    X = np.ascontiguousarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"X must be a 2-D array (n_samples, n_features), got shape {X.shape}")
     if check_finite and not all_finite(X):

@@ -19,12 +19,15 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.files import write_atomic
     from fairsteer.io import TableWriter, atomic_output
     from fairsteer.maps import SteeringMaps
+    from fairsteer.shards import steer_command, use_shards
     from fairsteer.solve import solve
 
     if args.context:
         from fairsteer.context_cli import cmd_steer
 
         return cmd_steer(args)
+    if use_shards(args):  # a directory or glob of shards (-o a directory), or --engine dask
+        return steer_command(args)
     check_output(args.output, args.data)
     if args.round_dequantized and not args.dequantize:
         raise InputError("--round-dequantized floors the --dequantize columns; name them")
@@ -131,5 +134,10 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="also write OUT.model.json, OUT.solution.json and OUT.audit.json",
     )
-    p.add_argument("-o", "--output", required=True, help="CSV or Parquet file to write")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="CSV or Parquet file to write (for shards: a new directory of steered shards)",
+    )
     p.set_defaults(handler=_cmd_steer)

@@ -1,0 +1,695 @@
+"""Sharded tables for the command line: ``fit`` and ``steer`` over many CSV or Parquet files.
+
+``fairsteer fit DATA`` and ``fairsteer steer DATA`` take for DATA a directory
+or a glob of shards (``.csv``, ``.parquet``, ``.pq``; all of one kind, all
+with the same columns). Each shard is one task:
+
+- fit: the shard is streamed chunk by chunk exactly as the one-file path does
+  (:mod:`fairsteer.io`: the same parsing, checks and messages, prefixed with
+  the shard's name), its cell statistics merged; the shards' statistics are
+  then merged by a tree reduction (:func:`fairsteer.dask.tree_reduce`) and the
+  model is built once (:func:`fairsteer.model_from_stats`);
+- steer: every shard is written to an output shard of the same name, feature
+  columns replaced, every other column carried, a weight column appended, each
+  file atomically (temporary file + rename) into a temporary directory that
+  is renamed to the output directory only when every shard is written. On an
+  error nothing is left behind.
+
+``--engine local`` runs the tasks one after the other in this process;
+``--engine dask`` runs them on a ``distributed`` cluster: a ``LocalCluster``
+of ``--workers N`` processes, or the scheduler at ``--scheduler ADDRESS``
+(whose workers must see the same file paths). The results are the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fairsteer.errors import InputError
+from fairsteer.stats import CellStats, FeatureRange
+
+__all__ = ["ENGINES", "fit_command", "shard_paths", "steer_command", "use_shards"]
+
+ENGINES = ("local", "dask")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FEATURES_HINT = " (list the features to use with --features)"
+
+
+# ------------------------------------------------------------- discovery
+
+
+def shard_paths(data: str | os.PathLike[str]) -> list[Path] | None:
+    """The shards that ``data`` names, in sorted order, or ``None`` for one file.
+
+    Parameters
+    ----------
+    data : str or path-like
+        A directory (its ``.csv`` / ``.parquet`` / ``.pq`` files, hidden files
+        skipped) or a glob pattern; anything else is a single file.
+
+    Raises
+    ------
+    InputError
+        If no shard matches, the shards mix CSV and Parquet, or two shards
+        have the same name (the output shards take the input names).
+    """
+    text = os.fspath(data)
+    path = Path(text)
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    elif not path.exists() and any(ch in text for ch in "*?["):
+        found = [Path(p) for p in glob.glob(text) if Path(p).is_file()]
+    else:
+        return None
+    shards = sorted(p for p in found if p.suffix.lower() in SUFFIXES)
+    if not shards:
+        raise InputError(f"no .csv or .parquet shards in {text}")
+    kinds = {SUFFIXES[p.suffix.lower()] for p in shards}
+    if len(kinds) > 1:
+        raise InputError(f"{text} mixes CSV and Parquet shards; keep one kind per data set")
+    names = [p.name for p in shards]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        raise InputError(
+            f"two shards are named {twins[0]!r}; the output shards take the input names, so "
+            "shard names must be unique"
+        )
+    return shards
+
+
+def use_shards(args: Any) -> bool:
+    """Whether ``fit``/``steer`` take the sharded path (a directory, a glob or ``--engine dask``).
+
+    Raises
+    ------
+    InputError
+        For ``--scheduler`` or ``--workers`` without ``--engine dask``, both
+        at once, or a worker count below one.
+    """
+    engine = getattr(args, "engine", "local")
+    scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
+    if engine != "dask" and (scheduler is not None or workers is not None):
+        raise InputError("--scheduler and --workers need --engine dask")
+    if scheduler is not None and workers is not None:
+        raise InputError(
+            "give --scheduler (an existing cluster) or --workers (a local one), not both"
+        )
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    return engine == "dask" or shard_paths(args.data) is not None
+
+
+# ----------------------------------------------------------------- labels
+
+
+def label_key(kind: str, value: Any) -> Hashable:
+    """The identity of a label: CSV cells that spell one number (``1``, ``1.0``) are one label.
+
+    The rule of :class:`fairsteer.io.LabelCoder`, applied across shards.
+    """
+    if kind != "csv":
+        return value  # type: ignore[no-any-return]
+    try:
+        return float(value)
+    except ValueError:
+        return ("text", value)
+
+
+@dataclass(frozen=True, eq=False)
+class ShardPartial:
+    """Merged statistics of some shards, with the labels keyed by :func:`label_key`.
+
+    Attributes
+    ----------
+    partial : fairsteer.dask.Partial
+        Statistics (labels are keys) and feature range.
+    spellings : dict
+        Key -> the first spelling of the label, in shard order.
+    n_rows : int
+    """
+
+    partial: Any
+    spellings: dict[Hashable, Hashable]
+    n_rows: int
+
+    def labelled(self) -> CellStats | None:
+        """The statistics with every label spelled as it first appeared."""
+        stats = self.partial.stats
+        if stats is None:
+            return None
+        spell = self.spellings
+        return CellStats(
+            tuple(spell[k] for k in stats.groups),
+            tuple(spell[k] for k in stats.classes),
+            stats.counts,
+            stats.means,
+            stats.scatters,
+            stats.pooled,
+        )
+
+
+def merge_shard_partials(*parts: ShardPartial) -> ShardPartial:
+    """Merge left to right; the first spelling of a label (in shard order) wins."""
+    partial = parts[0].partial
+    spellings = dict(parts[0].spellings)
+    n_rows = parts[0].n_rows
+    for part in parts[1:]:
+        partial = partial.merge(part.partial)
+        for key, text in part.spellings.items():
+            spellings.setdefault(key, text)
+        n_rows += part.n_rows
+    return ShardPartial(partial, spellings, n_rows)
+
+
+# ------------------------------------------------------------ shard tasks
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every shard task needs to know about the table.
+
+    Attributes
+    ----------
+    names : list of str
+        The columns of every shard, in order.
+    features : list of str
+    group, label : str
+    family : Families
+        The features' families (fitted: statistics are on the Gaussian scale).
+    defaulted : bool
+        The features were chosen by default (errors then suggest --features).
+    pooled : bool
+        Keep one pooled within-class scatter per group (``--covariance shared``).
+    """
+
+    names: list[str]
+    features: list[str]
+    group: str
+    label: str
+    family: Any
+    defaulted: bool
+    pooled: bool = False
+
+
+def _in_shard(path: Path, exc: InputError, hint: str = "") -> InputError:
+    message = str(exc)
+    if str(path) not in message:
+        message = f"shard {path.name}: {message}"
+    if hint and "--features" not in message:
+        message += hint
+    return InputError(message)
+
+
+def _open_shard(path: Path, layout: Layout) -> Any:
+    from fairsteer.io import open_table
+
+    source = open_table(path)
+    if source.names != layout.names:
+        raise InputError(
+            f"has columns {source.names}, the first shard has {layout.names}; every shard "
+            "needs the same columns in the same order"
+        )
+    return source
+
+
+def shard_partial(path: Path, layout: Layout) -> ShardPartial:
+    """Statistics of one shard, streamed chunk by chunk (the one-file path of ``fit``).
+
+    Raises
+    ------
+    InputError
+        For any bad cell, naming the shard, the row (and line) and the column.
+    """
+    from fairsteer.dask import Partial
+    from fairsteer.io import LabelCoder
+    from fairsteer.stats import cell_statistics_from_codes
+
+    features = layout.features
+    span = FeatureRange(len(features))
+    stats = None
+    n_rows = 0
+    try:
+        source = _open_shard(path, layout)
+        groups = LabelCoder(source, layout.group, "group")
+        classes = LabelCoder(source, layout.label, "class")
+        for chunk in source.chunks():
+            try:
+                X = chunk.floats(features)
+            except InputError as exc:
+                raise _in_shard(path, exc, FEATURES_HINT if layout.defaulted else "") from None
+            c = classes.encode(chunk)
+            g = groups.encode(chunk)
+            Z = layout.family.forward(X, None, features)
+            span.update(Z)
+            part = cell_statistics_from_codes(
+                Z, g, c, groups.labels, classes.labels, pooled=layout.pooled
+            )
+            with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them
+                stats = part if stats is None else stats.merge(part)
+            n_rows += chunk.n_rows
+    except InputError as exc:
+        raise _in_shard(path, exc) from None
+    spellings: dict[Hashable, Hashable] = {}
+    if stats is not None:
+        key = source.kind
+        gk = tuple(label_key(key, v) for v in stats.groups)
+        ck = tuple(label_key(key, v) for v in stats.classes)
+        spellings = {
+            **dict(zip(gk, stats.groups)),
+            **dict(zip(ck, stats.classes)),
+        }
+        stats = CellStats(gk, ck, stats.counts, stats.means, stats.scatters, stats.pooled)
+    return ShardPartial(Partial(stats, span), spellings, n_rows)
+
+
+@dataclass(frozen=True)
+class SteerPlan:
+    """What every steer task needs: the maps, the label codes and the cell weights."""
+
+    layout: Layout
+    maps: Any
+    group_index: dict[Hashable, int]
+    class_index: dict[Hashable, int]
+    cell_weights: NDArray[np.float64]
+    weight_column: str
+
+
+def _codes(coder: Any, chunk: Any, index: dict[Hashable, int], kind: str) -> NDArray[np.intp]:
+    local = coder.encode(chunk)
+    try:
+        lut = np.array([index[label_key(kind, v)] for v in coder.labels], dtype=np.intp)
+    except KeyError:
+        raise InputError(f"{coder.source.path} changed while it was being read") from None
+    return lut[local]
+
+
+def shard_steer(path: Path, target: Path, out_kind: str, plan: SteerPlan) -> int:
+    """Steer one shard into ``target`` (written atomically); returns its row count.
+
+    Feature columns are replaced in place, every other column is carried as
+    the one-file ``steer`` carries it, and the weight column is appended.
+    """
+    from fairsteer.io import LabelCoder, TableWriter, atomic_output
+
+    layout, maps = plan.layout, plan.maps
+    group_names = np.array(maps.original.groups)
+    class_names = np.array(maps.original.classes)
+    K = len(class_names)
+    n_rows = 0
+    try:
+        source = _open_shard(path, layout)
+        groups = LabelCoder(source, layout.group, "group")
+        classes = LabelCoder(source, layout.label, "class")
+        with atomic_output(target) as fh:
+            names = [*source.names, plan.weight_column]
+            writer = TableWriter(fh, out_kind, names, source)
+            for chunk in source.chunks():
+                X = chunk.floats(layout.features)
+                c = _codes(classes, chunk, plan.class_index, source.kind)
+                g = _codes(groups, chunk, plan.group_index, source.kind)
+                steered = maps.steer(X, class_names[c], group_names[g])
+                updates = {name: steered[:, j] for j, name in enumerate(layout.features)}
+                updates[plan.weight_column] = plan.cell_weights[g * K + c]
+                writer.write(chunk, updates)
+                n_rows += chunk.n_rows
+            if n_rows == 0 and out_kind == "parquet":
+                _empty_parquet(fh, path, names, layout.features)
+            else:
+                writer.close()
+    except InputError as exc:
+        raise _in_shard(path, exc) from None
+    return n_rows
+
+
+def _empty_parquet(fh: Any, path: Path, names: list[str], features: list[str]) -> None:
+    """A Parquet file with no rows and the schema the steered shard would have."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix.lower() in (".parquet", ".pq"):
+        schema = pq.read_schema(path)
+        types = {f.name: f.type for f in schema}
+    else:
+        types = {}
+    fields = [
+        pa.field(n, pa.float64() if n in features or n not in types else types[n]) for n in names
+    ]
+    pq.ParquetWriter(fh, pa.schema(fields)).close()
+
+
+# ------------------------------------------------------------------ engines
+
+
+class LocalRunner:
+    """Run shard tasks one after the other in this process."""
+
+    def reduce(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> Any:
+        total = None
+        for item in items:
+            part = fn(*item)
+            total = part if total is None else merge_shard_partials(total, part)
+        return total
+
+    def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return [fn(*item) for item in items]
+
+
+class DaskRunner:
+    """Run shard tasks on a ``distributed`` client.
+
+    :meth:`reduce` merges the shards' statistics by a tree
+    (:func:`fairsteer.dask.tree_reduce`); :meth:`map` waits for every task,
+    finished or failed, before it reports the first failure (in shard order),
+    so that no task is still writing when the caller cleans up.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def reduce(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> Any:
+        import dask
+
+        from fairsteer.dask import tree_reduce
+
+        parts = [dask.delayed(fn, pure=False)(*item) for item in items]
+        tree = tree_reduce(parts, merge=merge_shard_partials)
+        with _engine_errors():
+            return self.client.compute(tree).result()
+
+    def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
+        with _engine_errors():
+            futures = [self.client.submit(fn, *item, pure=False) for item in items]
+            results, errors = [], []
+            for future in futures:  # every task ends (done or failed) before we go on
+                try:
+                    results.append(future.result())
+                except Exception as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+            return results
+
+
+@contextlib.contextmanager
+def _engine_errors() -> Iterator[None]:
+    """A worker that died or a lost connection -> InputError naming the engine."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "distributed" and not isinstance(
+            exc, OSError | TimeoutError
+        ):
+            raise
+        hint = (
+            "a worker died (out of memory?): give the workers more memory or use smaller shards"
+            if type(exc).__name__ == "KilledWorker"
+            else "check that the scheduler and its workers are running and see the same files"
+        )
+        raise InputError(
+            f"the Dask computation failed ({type(exc).__name__}: {exc}); {hint}"
+        ) from None
+
+
+@contextlib.contextmanager
+def runner(args: Any, n_tasks: int) -> Iterator[LocalRunner | DaskRunner]:
+    """The engine of ``--engine``: in process, a LocalCluster, or ``--scheduler ADDRESS``."""
+    if getattr(args, "engine", "local") != "dask":
+        yield LocalRunner()
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise InputError(
+            "--engine dask needs dask and distributed: pip install 'fairsteer[dask]'"
+        ) from None
+    import logging
+
+    if args.scheduler is not None:
+        try:
+            client = Client(args.scheduler, timeout="10s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError(
+                f"cannot reach the Dask scheduler at {args.scheduler} ({exc}); start one "
+                "(dask scheduler; dask worker ADDRESS) or use --workers N for a local cluster"
+            ) from None
+        with client:
+            yield DaskRunner(client)
+        return
+    n = args.workers or max(1, min(os.cpu_count() or 1, n_tasks))
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",  # a free port: never a clash with a running cluster
+        silence_logs=logging.ERROR,
+    )
+    with cluster, Client(cluster, set_as_default=False) as client:
+        yield DaskRunner(client)
+
+
+# ----------------------------------------------------------------- commands
+
+
+def _families(family: Sequence[str], d: int) -> Any:
+    """``--family`` (one name, or one per feature) as fitted :class:`~fairsteer.Families`."""
+    from fairsteer.families import Families
+
+    fam = tuple(family)
+    out = Families(fam[0] if len(fam) == 1 else fam, d)
+    if not out.fitted:
+        raise InputError("a family with parameters cannot be fitted from shards yet")
+    return out
+
+
+def _shrinkage(value: str | None) -> float | str | None:
+    if value is None or value == "oas":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(
+            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
+        ) from None
+
+
+def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Layout, Any]:
+    """Columns, features and family, from the first shard (its first chunk for the features)."""
+    from fairsteer.io import open_table
+
+    first = open_table(shards[0])
+    first.require([args.group, args.label])
+    for name in args.features or ():
+        if name in (args.group, args.label):
+            raise InputError(f"column {name!r} cannot be both a feature and the group/label")
+    if args.features:
+        first.require(args.features)
+    for name in reserved:
+        if name in first.names:
+            raise InputError(f"column {name!r} already exists; choose another --weight-column")
+    features = list(args.features or ())
+    if not features:
+        for path in shards:
+            source = open_table(path) if path != shards[0] else first
+            chunk = next(iter(source.chunks()), None)
+            if chunk is None:
+                continue
+            try:
+                features = chunk.numeric_names(exclude=(args.group, args.label))
+            except InputError as exc:
+                raise _in_shard(path, exc, FEATURES_HINT) from None
+            break
+        if not features:
+            raise InputError("no numeric feature columns found; name them with --features")
+    family = _families(args.family, len(features))
+    layout = Layout(
+        list(first.names),
+        features,
+        args.group,
+        args.label,
+        family,
+        not args.features,
+        args.covariance == "shared",
+    )
+    return layout, family
+
+
+@dataclass
+class ShardFit:
+    """The model of a sharded fit and what the steer pass needs."""
+
+    model: Any
+    layout: Layout
+    total: ShardPartial
+    kind: str
+
+
+def _fit(args: Any, shards: list[Path], run: Any, reserved: Sequence[str] = ()) -> ShardFit:
+    from fairsteer.dask import Partial, finish_fit
+
+    layout, family = _layout(args, shards, reserved)
+    total = run.reduce(shard_partial, [(path, layout) for path in shards])
+    stats = total.labelled()
+    if stats is None:
+        raise InputError(f"the {len(shards)} shard(s) of {args.data} have no data rows")
+    _, model = finish_fit(
+        Partial(stats, total.partial.span),
+        family=family,
+        covariance=args.covariance,
+        shrinkage=_shrinkage(args.shrinkage),
+        features=layout.features,
+        group_labels=None,
+        class_labels=None,
+    )
+    return ShardFit(model, layout, total, SUFFIXES[shards[0].suffix.lower()])
+
+
+def _check_output(output: Path, shards: Sequence[Path]) -> None:
+    out = output.resolve()
+    for path in shards:
+        if path.resolve() == out:
+            raise InputError(f"refusing to overwrite the input {path}; choose another -o")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist")
+
+
+def fit_command(args: Any) -> int:
+    """``fairsteer fit`` on shards or on Dask: the model JSON of the concatenated shards."""
+    shards = shard_paths(args.data) or [Path(args.data)]
+    output = Path(args.output)
+    _check_output(output, shards)
+    with runner(args, len(shards)) as run:
+        fitted = _fit(args, shards, run)
+    model = fitted.model
+    model.save(output)
+    print(
+        f"fitted {model.n_groups} groups x {model.n_classes} classes on "
+        f"{len(fitted.layout.features)} features ({model.family}, {args.covariance} "
+        f"covariance) from {fitted.total.n_rows} rows in {len(shards)} shard(s) -> {output}"
+    )
+    return 0
+
+
+def _output_dir(output: Path, shards: Sequence[Path]) -> None:
+    if output.exists() and not (output.is_dir() and not any(output.iterdir())):
+        raise InputError(
+            f"output {output} already exists; -o names a new (or empty) directory for the "
+            "steered shards"
+        )
+    _check_output(output, shards)
+    ins = {p.resolve().parent for p in shards}
+    if output.resolve() in ins:
+        raise InputError(f"refusing to write into the input directory {output}; choose another -o")
+
+
+def steer_command(args: Any) -> int:
+    """``fairsteer steer`` on shards or on Dask.
+
+    A directory or glob of shards gives a directory of steered shards (same
+    names); one file with ``--engine dask`` gives one file, as without it.
+    """
+    import json
+
+    from fairsteer.files import write_atomic
+    from fairsteer.maps import SteeringMaps
+    from fairsteer.solve import solve
+
+    sharded = shard_paths(args.data)
+    shards = sharded or [Path(args.data)]
+    output = Path(args.output)
+    if sharded is None:
+        _check_output(output, shards)
+        out_kinds = [_file_kind(output)]
+    else:
+        _output_dir(output, shards)
+        out_kinds = [SUFFIXES[p.suffix.lower()] for p in shards]
+    base = output.with_suffix("") if sharded is None else output
+    artifacts = [Path(f"{base}.model.json"), Path(f"{base}.solution.json")]
+    artifacts.append(Path(f"{base}.audit.json"))
+    if args.artifacts:
+        for path in artifacts:
+            _check_output(path, shards)
+    with runner(args, len(shards)) as run:
+        fitted = _fit(args, shards, run, reserved=[args.weight_column])
+        model = fitted.model
+        sol = solve(model, args.method, reference=args.reference, seed=args.seed)
+        maps = SteeringMaps.from_solution(model, sol)
+        m, K = model.n_groups, model.n_classes
+        cell_weights = maps.weights(
+            np.tile(np.array(model.classes), m), np.repeat(np.array(model.groups), K)
+        )
+        kind = fitted.kind
+        plan = SteerPlan(
+            fitted.layout,
+            maps,
+            {label_key(kind, v): k for k, v in enumerate(model.groups)},
+            {label_key(kind, v): k for k, v in enumerate(model.classes)},
+            cell_weights,
+            args.weight_column,
+        )
+        if sharded is None:
+            counts = run.map(shard_steer, [(shards[0], output, out_kinds[0], plan)])
+        else:
+            with _staging(output) as stage:
+                items = [
+                    (path, stage / path.name, kind, plan) for path, kind in zip(shards, out_kinds)
+                ]
+                counts = run.map(shard_steer, items)
+    if args.artifacts:
+        from fairsteer.audit import audit
+
+        model.save(artifacts[0])
+        sol.save(artifacts[1])
+        report = {
+            "before": audit(model, nearest=sol).to_dict(),
+            "after": audit(sol.ideal).to_dict(),
+        }
+        write_atomic(artifacts[2], json.dumps(report, indent=1))
+    where = f"{len(shards)} shard(s) in {output}" if sharded is not None else str(output)
+    print(
+        f"steered {sum(counts)} rows, {len(fitted.layout.features)} features ({sol.method}"
+        + (f", reference {sol.reference_group!r}" if sol.reference_group is not None else "")
+        + f"; KL = {sol.kl:.6g} nats) -> {where}"
+    )
+    if args.artifacts:
+        print(f"wrote {', '.join(map(str, artifacts))}")
+    return 0
+
+
+def _file_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise InputError(f"unsupported file type {suffix!r} for {path}; use .csv or .parquet")
+    return SUFFIXES[suffix]
+
+
+@contextlib.contextmanager
+def _staging(output: Path) -> Iterator[Path]:
+    """A temporary directory beside ``output``, renamed to it when the block succeeds.
+
+    On any error (or interrupt) the directory and every shard in it are removed.
+    """
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        stage.chmod(0o777 & ~mask)
+        yield stage
+        if output.exists():
+            output.rmdir()  # empty (checked before the work)
+        os.replace(stage, output)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
