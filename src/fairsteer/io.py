@@ -42,6 +42,7 @@ __all__ = [
     "TableSource",
     "TableWriter",
     "atomic_output",
+    "check_output",
     "format_floats",
     "open_table",
     "read_table",
@@ -316,6 +317,25 @@ def write_table(table: Table, path: str | os.PathLike[str], *, input_path: Any =
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(arrays, names=table.names), sink)
     write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def check_output(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> None:
+    """Refuse an output path that is one of the inputs or lies in a missing folder.
+
+    Called before any work, so a bad output path costs nothing.
+
+    Raises
+    ------
+    InputError
+        If ``output`` resolves to the same file as one of ``inputs``, or its
+        folder does not exist.
+    """
+    out = Path(output).resolve()
+    for path in inputs:
+        if Path(path).resolve() == out:
+            raise InputError(f"refusing to overwrite the input {path}; choose another output path")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist")
 
 
 def _text_column(table: Table, name: str) -> list[str]:

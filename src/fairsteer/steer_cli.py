@@ -15,8 +15,8 @@ __all__ = ["add_parser"]
 def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fairsteer.cli import check_output, fit_from_args
-    from fairsteer.io import TableWriter, atomic_output
+    from fairsteer.cli import fit_from_args
+    from fairsteer.io import TableWriter, atomic_output, check_output
     from fairsteer.maps import SteeringMaps
     from fairsteer.model import write_atomic
     from fairsteer.solve import solve
@@ -82,9 +82,9 @@ def _output_kind(path: str) -> str:
     if suffix not in FORMATS:
         raise InputError(f"unsupported file type {suffix!r} for {path}; use .csv or .parquet")
     if FORMATS[suffix] == "parquet":
-        from fairsteer.io import _pyarrow
+        from fairsteer.extras import require
 
-        _pyarrow()  # Parquet output needs pyarrow: say so before the work
+        require("Parquet output", "io", ["pyarrow"])  # said before the work
     return FORMATS[suffix]
 
 

