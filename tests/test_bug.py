@@ -13,9 +13,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from _tiny_models import tiny_bert, tiny_llama  # noqa: E402
-from fairsteer.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
-from fairsteer.torch.extract import encode, pool  # noqa: E402
+from fairsteer.torch.extract import pool  # noqa: E402
+from fairsteer_experiments.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E402
+from fairsteer_experiments.models import encode  # noqa: E402
 
 WORDS = ["the", "a", "was", "at", "home", "today", "she", "he", "said", "new", "old"]
 WORDS += ["big", "small", "kind", "good"]
@@ -175,7 +176,7 @@ def test_load_bug_filters_masks_and_samples(tmp_path):
 
 
 def test_leace_wiring_erases_linear_group_information():
-    from fairsteer.experiments.bug import leace
+    from fairsteer_experiments.bug import leace
 
     rng = np.random.default_rng(0)
     g = rng.choice(["f", "m"], 600)
@@ -190,8 +191,8 @@ def test_leace_wiring_erases_linear_group_information():
 
 
 def test_noise_floor_matches_gap_of_gender_independent_predictions():
-    from fairsteer.experiments.bug import noise_floor
     from fairsteer.metrics import rms_tpr_gap
+    from fairsteer_experiments.bug import noise_floor
 
     rng = np.random.default_rng(1)
     n = 4000
@@ -211,7 +212,7 @@ def test_noise_floor_matches_gap_of_gender_independent_predictions():
 
 
 def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
-    from fairsteer.experiments.bug import ROWS, build_report, format_table, run_bug
+    from fairsteer_experiments.bug import ROWS, build_report, format_table, run_bug
 
     path = tmp_path / "bug.csv"
     cells = {(p, s): 40 for p in ("nurse", "judge", "pilot") for s in ("female", "male")}
