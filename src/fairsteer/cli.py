@@ -80,7 +80,7 @@ class Parser(argparse.ArgumentParser):
             self.exit(
                 2,
                 f"fairsteer: error: '{name}' is a command of the {dist} package, which is not "
-                f"installed: pip install -e experiments (in the fairsteer repository)\n",
+                f"installed: pip install -e ./experiments (in the fairsteer repository)\n",
             )
         hint = f"see '{self.prog} --help'"
         self.exit(2, f"fairsteer: error: {' '.join(message.split())}; {hint}\n")

@@ -18,7 +18,6 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.cli import fit_from_args
     from fairsteer.io import TableWriter, atomic_output, check_output
     from fairsteer.maps import SteeringMaps
-    from fairsteer.model import write_atomic
     from fairsteer.solve import solve
 
     check_output(args.output, args.data)
@@ -36,23 +35,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     base = Path(args.output).with_suffix("")
     artifacts = [f"{base}.model.json", f"{base}.solution.json", f"{base}.audit.json"]
     if args.artifacts:
-        from fairsteer.audit import audit
-
-        for path in artifacts:
-            check_output(path, args.data)
-        # Every file is written before anything is reported, so a failed
-        # artifact write ends in the error alone, never after a success line.
-        model.save(artifacts[0])
-        sol.save(artifacts[1])
-        # The affirmative solution with the solver's reference is the audit's
-        # nearest-ideal model: reused, not solved again. The ideal model's own
-        # audit solves an exactly equivalent model (the eigenvector start hits
-        # KL = 0 at once).
-        report = {
-            "before": audit(model, nearest=sol).to_dict(),
-            "after": audit(sol.ideal).to_dict(),
-        }
-        write_atomic(artifacts[2], json.dumps(report, indent=1))
+        _write_artifacts(artifacts, model, sol, args.data)
     # Pass 2: steer chunk by chunk into the temporary file renamed at the end.
     with atomic_output(args.output) as fh:
         writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
@@ -73,6 +56,29 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     if args.artifacts:
         print(f"wrote {', '.join(artifacts)}")
     return 0
+
+
+def _write_artifacts(paths: list[str], model: Any, sol: Any, data: str) -> None:
+    """OUT.model.json, OUT.solution.json and OUT.audit.json (before and after)."""
+    from fairsteer.audit import audit
+    from fairsteer.io import check_output
+    from fairsteer.model import write_atomic
+
+    for path in paths:
+        check_output(path, data)
+    # Every file is written before anything is reported, so a failed
+    # artifact write ends in the error alone, never after a success line.
+    model.save(paths[0])
+    sol.save(paths[1])
+    # The affirmative solution with the solver's reference is the audit's
+    # nearest-ideal model: reused, not solved again. The ideal model's own
+    # audit solves an exactly equivalent model (the eigenvector start hits
+    # KL = 0 at once).
+    report = {
+        "before": audit(model, nearest=sol).to_dict(),
+        "after": audit(sol.ideal).to_dict(),
+    }
+    write_atomic(paths[2], json.dumps(report, indent=1))
 
 
 def _output_kind(path: str) -> str:

@@ -42,7 +42,8 @@ import argparse
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -227,17 +228,7 @@ def _generate(
             hits = (new[i] == eos).nonzero()
             if len(hits):
                 valid[i, int(hits[0]) + 1 :] = 0
-        with torch.no_grad():  # fluency under the unsteered model
-            mask = torch.cat([enc["attention_mask"], valid], dim=1)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            kw = dict(input_ids=out, attention_mask=mask, position_ids=pos)
-            if hasattr(net, "lm_head") and hasattr(net, "model"):  # head on new positions only
-                hidden = net.model(**kw).last_hidden_state[:, P - 1 : -1]
-                logits = net.lm_head(hidden)
-            else:
-                logits = net(**kw).logits[:, P - 1 : -1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            nll = -logp.gather(-1, new[..., None])[..., 0]
+        nll = _token_nll(net, out, enc["attention_mask"], valid, P)
         for i in range(new.shape[0]):
             L = int(valid[i].sum())
             ids = new[i, :L].tolist()
@@ -254,6 +245,28 @@ def _generate(
     return out_rows
 
 
+def _token_nll(net: Any, out: Any, prompt_mask: Any, valid: Any, P: int) -> Any:
+    """Negative log-likelihood of every generated token under the unsteered model.
+
+    ``out`` holds the prompts (``P`` positions, left-padded) and the generated
+    tokens; ``valid`` masks the generated tokens up to the end token.
+    """
+    import torch
+
+    new = out[:, P:]
+    with torch.no_grad():
+        mask = torch.cat([prompt_mask, valid], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = dict(input_ids=out, attention_mask=mask, position_ids=pos)
+        if hasattr(net, "lm_head") and hasattr(net, "model"):  # head on new positions only
+            hidden = net.model(**kw).last_hidden_state[:, P - 1 : -1]
+            logits = net.lm_head(hidden)
+        else:
+            logits = net(**kw).logits[:, P - 1 : -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -logp.gather(-1, new[..., None])[..., 0]
+
+
 def _score(rows: list[dict[str, Any]], vader: Any, probe: Any, threshold: float) -> None:
     for r in rows:
         r["sentiment"] = float(vader.polarity_scores(r["text"])["compound"]) if r["text"] else 0.0
@@ -265,32 +278,15 @@ def _score(rows: list[dict[str, Any]], vader: Any, probe: Any, threshold: float)
 # ---------------------------------------------------------------- one seed
 
 
-def _one_seed(
+def _fitting_states(
     lm: tuple[Any, Any],
     prompts: Any,
-    *,
-    seed: int,
-    n_prompts: int,
-    alphas: Sequence[float],
-    methods: Sequence[str],
-    layer: int,
-    max_new_tokens: int,
-    batch_size: int,
-    threshold: float,
+    fit_items: dict[str, list[str]],
+    gen: dict[str, Any],
     bar: Any,
-) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from fairsteer.bayes import bayes_predict
-    from fairsteer.torch.generation import build_steering, fit_cells
-
-    fit_items, eval_items = prompts.split(n_prompts, seed)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unsteered generations of the fitting prompts, concept 0 and 1: states, concepts, groups."""
     groups = list(prompts.groups)
-    gen = dict(layer=layer, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
-
-    # 1. fitting generations (unsteered), concept 0 and 1
     H, Y, G = [], [], []
     for concept in (0, 1):
         ps = [prompts.prompt(g, it, concept) for g in groups for it in fit_items[g]]
@@ -300,15 +296,20 @@ def _one_seed(
             H.append(r["states"])
             Y += [concept] * len(r["states"])
             G += [g] * len(r["states"])
-    X = np.concatenate(H).astype(np.float64)
-    y, g_arr = np.array(Y), np.array(G)
-    cells = fit_cells(X, y, g_arr, covariance="shared", shrinkage="oas", group_labels=groups)
-    source = fit_cells(X, y, g_arr, covariance="per-class", shrinkage="oas", group_labels=groups)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
-    steerings = {m: build_steering(cells, m, source=source, seed=seed) for m in methods}
+    return np.concatenate(H).astype(np.float64), np.array(Y), np.array(G)
 
-    # 2. evaluation generations
-    vader = _vader()
+
+def _evaluation_runs(
+    lm: tuple[Any, Any],
+    prompts: Any,
+    eval_items: dict[str, list[str]],
+    steerings: dict[str, Any],
+    alphas: Sequence[float],
+    gen: dict[str, Any],
+    bar: Any,
+) -> tuple[dict[tuple[str, float], list[dict[str, Any]]], list[str], list[Any]]:
+    """Unsteered, prompted and every (method, alpha) generation of the evaluation prompts."""
+    groups = list(prompts.groups)
     ev_groups = [g for g in groups for _ in eval_items[g]]
     plain = [prompts.prompt(g, it, 0) for g in groups for it in eval_items[g]]
     desired = [prompts.prompt(g, it, 1) for g in groups for it in eval_items[g]]
@@ -319,15 +320,25 @@ def _one_seed(
     runs[("prompted", 0.0)] = _generate(
         lm, desired, ev_groups, steering=None, alpha=0.0, bar=bar, **gen
     )
-    for m in methods:
+    for m, steering in steerings.items():
         for a in alphas:
             runs[(m, a)] = _generate(
-                lm, plain, ev_groups, steering=steerings[m], alpha=a, bar=bar, **gen
+                lm, plain, ev_groups, steering=steering, alpha=a, bar=bar, **gen
             )
-    for rows in runs.values():
-        _score(rows, vader, probe, threshold)
-    for m in methods:  # the ideal model's Bayes detector (EF only)
-        sol = steerings[m].solution
+    return runs, ev_groups, plain
+
+
+def _ideal_detector(
+    runs: dict[tuple[str, float], list[dict[str, Any]]],
+    steerings: dict[str, Any],
+    alphas: Sequence[float],
+    ev_groups: list[str],
+) -> None:
+    """The ideal model's Bayes detector on every EF-steered continuation (``ideal_probe``)."""
+    from fairsteer.bayes import bayes_predict
+
+    for m, steering in steerings.items():
+        sol = steering.solution
         if sol is None:
             continue
         for a in alphas:
@@ -338,7 +349,11 @@ def _one_seed(
                 else:
                     r["ideal_probe"] = 0.0
 
-    # 3. per-group summaries
+
+def _per_group(
+    runs: dict[tuple[str, float], list[dict[str, Any]]], groups: list[str], ev_groups: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per (method, alpha) and group: sentiment, paired effect, success, probe, fluency."""
     base = runs[("unsteered", 0.0)]
     code = np.array(ev_groups)
     results: dict[str, dict[str, Any]] = {}
@@ -363,9 +378,48 @@ def _one_seed(
                 ),
             }
         results[f"{m}@{a:g}"] = {"method": m, "alpha": a, "groups": per_group}
+    return results
+
+
+def _one_seed(
+    lm: tuple[Any, Any],
+    prompts: Any,
+    *,
+    seed: int,
+    n_prompts: int,
+    alphas: Sequence[float],
+    methods: Sequence[str],
+    layer: int,
+    max_new_tokens: int,
+    batch_size: int,
+    threshold: float,
+    bar: Any,
+) -> dict[str, Any]:
+    """Fit the cells on unsteered generations, steer the evaluation prompts, judge them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fairsteer.torch.generation import build_steering, fit_cells
+
+    fit_items, eval_items = prompts.split(n_prompts, seed)
+    groups = list(prompts.groups)
+    gen = dict(layer=layer, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    X, y, g_arr = _fitting_states(lm, prompts, fit_items, gen, bar)
+    cells = fit_cells(X, y, g_arr, covariance="shared", shrinkage="oas", group_labels=groups)
+    source = fit_cells(X, y, g_arr, covariance="per-class", shrinkage="oas", group_labels=groups)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
+    steerings = {m: build_steering(cells, m, source=source, seed=seed) for m in methods}
+    vader = _vader()
+    runs, ev_groups, plain = _evaluation_runs(
+        lm, prompts, eval_items, steerings, alphas, gen, bar
+    )
+    for rows in runs.values():
+        _score(rows, vader, probe, threshold)
+    _ideal_detector(runs, steerings, alphas, ev_groups)
     examples = {
-        key: [{"group": g, "text": r["text"]} for g, r in zip(ev_groups, rows)]
-        for key, rows in ((f"{m}@{a:g}", rows) for (m, a), rows in runs.items())
+        f"{m}@{a:g}": [{"group": g, "text": r["text"]} for g, r in zip(ev_groups, rows)]
+        for (m, a), rows in runs.items()
     }
     info = {
         "n_fit_states": {
@@ -380,6 +434,7 @@ def _one_seed(
         "separation": dict(zip(groups, map(float, _separation(cells)))),
         "probe_train_accuracy": float(probe.score(X, y)),
     }
+    results = _per_group(runs, groups, ev_groups)
     return {"results": results, "examples": examples, "eval_prompts": plain, **info}
 
 
@@ -424,6 +479,21 @@ def _summarise(runs: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
             **{k: summarise(v) for k, v in per_seed.items()},
         }
     return summary
+
+
+@contextmanager
+def _progress(show: bool, total: int, desc: str) -> Iterator[Any]:
+    """A tqdm bar over ``total`` batches (None when not shown), closed on exit."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="batch")
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def run_generation(
@@ -471,6 +541,7 @@ def run_generation(
     from fairsteer.errors import InputError
     from fairsteer.torch.generation import METHODS
     from fairsteer_experiments.generation_prompts import load_prompts
+    from fairsteer_experiments.protocol import over_seeds
 
     methods = tuple(methods or METHODS)
     if not seeds:
@@ -485,31 +556,17 @@ def run_generation(
     groups = list(prompts.groups)
     per_batch = math.ceil(n_prompts * len(groups) / batch_size)
     total = len(seeds) * per_batch * (2 + 2 + len(methods) * len(alphas))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=f"generation ({domain})", unit="batch")
-    try:
-        runs = [
-            _one_seed(
-                lm,
-                prompts,
-                seed=s,
-                n_prompts=n_prompts,
-                alphas=alphas,
-                methods=methods,
-                layer=layer,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                threshold=threshold,
-                bar=bar,
-            )
-            for s in seeds
-        ]
-    finally:
-        if bar is not None:
-            bar.close()
+    settings = dict(
+        n_prompts=n_prompts,
+        alphas=alphas,
+        methods=methods,
+        layer=layer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        threshold=threshold,
+    )
+    with _progress(progress, total, f"generation ({domain})") as bar:
+        runs = over_seeds(seeds, lambda s: _one_seed(lm, prompts, seed=s, bar=bar, **settings))
     return {
         "domain": domain,
         "model": model if custom is None else "custom",
