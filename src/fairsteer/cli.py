@@ -22,7 +22,7 @@ from fairsteer import __version__
 from fairsteer.errors import InputError
 from fairsteer.io import check_output
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "plugins"]
 
 # Built-in commands kept in their own module (``add_parser(subparsers)``).
 EXTENSIONS = ("fairsteer.steer_cli",)
@@ -311,14 +311,14 @@ def plugins() -> list[Callable[[Any], None]]:
     specs += [v.strip() for v in os.environ.get(PLUGIN_ENV, "").split(",") if v.strip()]
     found: list[Callable[[Any], None]] = []
     for spec in specs:
-        module_name, _, attr = spec.partition(":")
+        module_name, _, attr = (part.strip() for part in spec.partition(":"))
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
                 continue  # that plugin is not part of this installation
             raise
-        add_parser = getattr(module, attr.strip() or "add_parser")
+        add_parser = getattr(module, attr or "add_parser")
         if add_parser not in found:
             found.append(add_parser)
     return found

@@ -25,16 +25,18 @@ def missing_modules(modules: Iterable[str]) -> list[str]:
     """The names among ``modules`` that cannot be imported (without importing them).
 
     A name is missing when :func:`importlib.util.find_spec` finds no module
-    for its top package, or when ``sys.modules`` maps it to None (Python's own
-    marker for a module whose import must fail). Only the top package is
-    looked up, so nothing is imported.
+    for its top package or an import hook refuses it, or when ``sys.modules``
+    maps it to None (Python's own marker for a module whose import must
+    fail). Only the top package is looked up, so nothing is imported.
     """
     missing = []
     for name in modules:
         top = name.split(".", 1)[0]
         try:
             found = importlib.util.find_spec(top) is not None
-        except ValueError:  # in sys.modules without a __spec__ (e.g. None)
+        except ImportError:  # an import hook refuses the name
+            found = False
+        except ValueError:  # in sys.modules without a __spec__
             found = sys.modules.get(top) is not None
         if not found:
             missing.append(name)
