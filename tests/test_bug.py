@@ -93,6 +93,27 @@ def test_encode_cache_is_keyed_by_sentences_and_layer(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves nothing behind
 
 
+def test_generic_encode_loads_the_encoder_only_on_a_cache_miss(tmp_path):
+    from fairsteer.torch.extract import encode as encode_states
+
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return WordTokenizer(), tiny_bert()
+
+    sents = sentences(5)
+    kw = dict(encoder=loader, name="tiny", cache_dir=tmp_path, progress=False)
+    first = encode_states(sents, **kw)
+    again = encode_states(sents, **kw)
+    assert loads == [1] and first.shape[0] == 5
+    np.testing.assert_array_equal(first, again)
+    # the experiments' named encode writes and reads the same cache file
+    named = encode(sents, model="tiny", cache_dir=tmp_path, progress=False, encoder=loader())
+    np.testing.assert_array_equal(named, first)
+    assert len(list(tmp_path.glob("tiny-L-1-mean-*.npy"))) == 1
+
+
 def test_encode_bad_input():
     with pytest.raises(InputError, match="model must be one of"):
         encode(["x"], model="gpt5", cache_dir=None)

@@ -222,27 +222,33 @@ def _generate(
                 eos_token_id=eos,
             )
         new = out[:, P:]
-        states = rec.states
         valid = torch.ones_like(new, dtype=torch.long)
         for i in range(new.shape[0]):
             hits = (new[i] == eos).nonzero()
             if len(hits):
                 valid[i, int(hits[0]) + 1 :] = 0
         nll = _token_nll(net, out, enc["attention_mask"], valid, P)
-        for i in range(new.shape[0]):
-            L = int(valid[i].sum())
-            ids = new[i, :L].tolist()
-            out_rows.append(
-                {
-                    "text": tok.decode(ids, skip_special_tokens=True).strip(),
-                    "ids": ids,
-                    "states": states[i, :L].numpy(),
-                    "nll": float(nll[i, :L].mean()) if L else float("nan"),
-                }
-            )
+        out_rows += _rows(tok, new, valid, rec.states, nll)
         if bar is not None:
             bar.update(1)
     return out_rows
+
+
+def _rows(tok: Any, new: Any, valid: Any, states: Any, nll: Any) -> list[dict[str, Any]]:
+    """One dict per generated sequence: text, token ids, steered states, mean NLL."""
+    rows = []
+    for i in range(new.shape[0]):
+        L = int(valid[i].sum())
+        ids = new[i, :L].tolist()
+        rows.append(
+            {
+                "text": tok.decode(ids, skip_special_tokens=True).strip(),
+                "ids": ids,
+                "states": states[i, :L].numpy(),
+                "nll": float(nll[i, :L].mean()) if L else float("nan"),
+            }
+        )
+    return rows
 
 
 def _token_nll(net: Any, out: Any, prompt_mask: Any, valid: Any, P: int) -> Any:
