@@ -38,13 +38,13 @@ def test_over_seeds_runs_each_seed_in_order_and_refuses_none():
 
 def test_ef_and_group_baselines_fit_the_same_sample():
     X, y, g = sample_model(case_study("multivariate").biased, 1500, np.random.default_rng(0))
-    fitted = steer_ef(X, y, g, seed=0, covariance="shared")
-    assert list(fitted) == [name for name, _ in EF_METHODS]
-    for (_, method), (est, Xs) in zip(EF_METHODS, fitted.values()):
+    fitted = list(steer_ef(X, y, g, seed=0, covariance="shared"))
+    assert [name for name, _, _ in fitted] == [name for name, _ in EF_METHODS]
+    for (_, method), (_, est, Xs) in zip(EF_METHODS, fitted):
         assert est.solution_.method == method and Xs.shape == X.shape
         assert est.sample_weight_.shape == y.shape
     # All-subgroups may move every group: never a larger KL than one reference.
-    kl = [est.solution_.kl for est, _ in fitted.values()]
+    kl = [est.solution_.kl for _, est, _ in fitted]
     assert kl[1] <= kl[0] + 1e-12
     maps = group_baselines(X, g)
     assert list(maps) == list(GROUP_BASELINES)

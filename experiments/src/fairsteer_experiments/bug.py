@@ -107,7 +107,7 @@ def _variants(
     }
     steering = {}
     fitted = steer_ef(Xtr, ytr, gtr, seed=seed, covariance="shared", shrinkage="oas")
-    for name, (est, Xs) in fitted.items():
+    for name, est, Xs in fitted:
         steering[name] = {"kl": est.solution_.kl, "reference_group": est.solution_.reference_group}
         for label, mode in EF_MODES:
             est.set_params(unlabeled=mode)

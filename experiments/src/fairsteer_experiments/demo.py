@@ -76,7 +76,7 @@ def apply_methods(
 ) -> dict[str, Applied]:
     """Every method of the demo applied to one training sample."""
     out = {"Original": Applied(X, np.ones(len(y)), model)}
-    for name, (est, Xs) in steer_ef(X, y, g, seed=seed, covariance="shared").items():
+    for name, est, Xs in steer_ef(X, y, g, seed=seed, covariance="shared"):
         out[name] = Applied(Xs, est.sample_weight_, est.solution_.ideal, solution=est.solution_)
     for name, group_map in group_baselines(X, g, reference=GROUPS[0]).items():
         out[name] = Applied(

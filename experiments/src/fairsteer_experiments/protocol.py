@@ -10,7 +10,7 @@ seeds it reports the mean and the standard deviation of every number
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -40,18 +40,19 @@ T = TypeVar("T")
 
 def steer_ef(
     X: NDArray[np.float64], y: NDArray[Any], groups: NDArray[Any], *, seed: int, **params: Any
-) -> dict[str, tuple[OptimalSteering, NDArray[np.float64]]]:
-    """Both EF solvers on one training sample: row name -> (fitted estimator, steered X).
+) -> Iterator[tuple[str, OptimalSteering, NDArray[np.float64]]]:
+    """Both EF solvers on one training sample: (row name, fitted estimator, steered X).
 
     ``params`` go to :class:`fairsteer.OptimalSteering` (covariance, family,
     shrinkage, unlabeled); the estimator's weights are in ``sample_weight_``.
+    A generator: each solver is fitted when the caller asks for it, so the
+    caller's own work on the first (test-time maps, audits) runs before the
+    second is fitted, in the order the experiments have always used.
     """
-    out = {}
     for name, method in EF_METHODS:
         est = OptimalSteering(method=method, seed=seed, **params)
         steered, _ = est.fit_resample(X, y, sensitive_features=groups)
-        out[name] = (est, steered)
-    return out
+        yield name, est, steered
 
 
 def group_baselines(

@@ -237,7 +237,7 @@ def _preprocess(
         covariance=COVARIANCE,
         unlabeled="soft",
     )
-    for name, (est, Xs) in fitted.items():
+    for name, est, Xs in fitted:
         pre[name] = (Xs, est.sample_weight_, est.transform(sp.X_te, sensitive_features=sp.g_te))
         steering[name] = _steering_audit(est, Xs, sp, data, quick)
     pre["Reweighing"] = (sp.X_tr, reweighing_weights(sp.y_tr, sp.g_tr), sp.X_te)
