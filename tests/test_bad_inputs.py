@@ -20,7 +20,9 @@ import pytest
 from fairsteer.cli import main
 from fairsteer.errors import InputError
 from fairsteer.estimator import OptimalSteering
-from fairsteer.model import GaussianModel, fit_model, write_atomic
+from fairsteer.files import write_atomic
+from fairsteer.fit import fit_model
+from fairsteer.model import GaussianModel
 from fairsteer.solve import solve
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -535,7 +537,7 @@ def test_sigterm_during_a_write_leaves_no_temp_file(tmp_path):
     script = textwrap.dedent(
         """
         import os, sys, time
-        from fairsteer import model
+        from fairsteer import files as model
 
         real_replace = os.replace
 

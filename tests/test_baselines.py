@@ -6,7 +6,7 @@ import pytest
 
 from fairsteer.baselines import gaussian_ot_between_groups, mean_matching, reweighing_weights
 from fairsteer.errors import InputError
-from fairsteer.model import fit_model
+from fairsteer.fit import fit_model
 
 
 def sample(seed=0, n=2000):

@@ -6,7 +6,7 @@ from scipy.stats import multivariate_normal as mvn
 
 from fairsteer.bayes import bayes_predict, posterior
 from fairsteer.errors import InputError
-from fairsteer.model import fit_model
+from fairsteer.fit import fit_model
 
 
 def test_posterior_matches_scipy():

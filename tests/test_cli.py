@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fairsteer.cli import main
-from fairsteer.model import GaussianModel, fit_model
+from fairsteer.fit import fit_model
+from fairsteer.model import GaussianModel
 from fairsteer.solve import Solution, solve
 
 

@@ -8,7 +8,7 @@ from sklearn.base import clone
 
 from fairsteer.errors import InputError, NotFittedError
 from fairsteer.estimator import OptimalSteering
-from fairsteer.model import fit_model
+from fairsteer.fit import fit_model
 
 
 def data(n=2000, seed=0):

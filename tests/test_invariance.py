@@ -189,7 +189,7 @@ def test_german_like_integer_features_converge():
             rng.integers(19, 75, n) + 3 * g,
         ]
     ).astype(float)
-    from fairsteer.model import fit_model
+    from fairsteer.fit import fit_model
 
     model = fit_model(X, y, g)
     for sol in (affirmative_action(model), all_subgroups(model)):

@@ -7,8 +7,8 @@ from scipy.stats import multivariate_normal as mvn
 
 from fairsteer.audit import audit
 from fairsteer.errors import InputError
+from fairsteer.fit import fit_model
 from fairsteer.maps import SteeringMaps
-from fairsteer.model import fit_model
 from fairsteer.solve import solve
 
 

@@ -7,7 +7,8 @@ import pytest
 from sklearn.covariance import oas
 
 from fairsteer.errors import InputError
-from fairsteer.model import GaussianModel, fit_model, shrink_covariance
+from fairsteer.fit import fit_model, shrink_covariance
+from fairsteer.model import GaussianModel
 
 
 def data(seed=0, n=500, d=3, positive=False):

@@ -19,8 +19,9 @@ import pytest
 
 from fairsteer import io as fio
 from fairsteer.cli import main
+from fairsteer.fit import fit_model
 from fairsteer.maps import SteeringMaps
-from fairsteer.model import GaussianModel, fit_model
+from fairsteer.model import GaussianModel
 from fairsteer.solve import Solution, solve
 
 pa = pytest.importorskip("pyarrow")

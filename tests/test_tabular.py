@@ -13,7 +13,7 @@ from fairsteer.audit import audit  # noqa: E402
 from fairsteer.cli import main  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.estimator import OptimalSteering  # noqa: E402
-from fairsteer.model import fit_model  # noqa: E402
+from fairsteer.fit import fit_model  # noqa: E402
 from fairsteer_experiments.data.tabular import load_tabular  # noqa: E402
 from fairsteer_experiments.tabular import CLEAN_ROW, ROWS, inject_bias, run_tabular  # noqa: E402
 

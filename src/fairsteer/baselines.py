@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.fit import shrink_covariance
 from fairsteer.linalg import gaussian_ot_matrix, symmetrize
-from fairsteer.model import GaussianModel, shrink_covariance
+from fairsteer.model import GaussianModel
 from fairsteer.stats import encode_labels
 
 __all__ = [

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import logsumexp
 
 from fairsteer.errors import InputError
+from fairsteer.kernels import CellKernels
 from fairsteer.model import GaussianModel
 from fairsteer.stats import encode_labels
 
@@ -33,31 +34,17 @@ def log_joint(model: GaussianModel, Z: ArrayLike, codes: ArrayLike) -> Array:
     ----------
     model : GaussianModel
     Z : array-like of shape (n, d)
-        Samples on the model scale (log for log-normal features).
+        Samples on the model's Gaussian scale.
     codes : array-like of shape (n,)
         Integer group index of every row.
 
     Returns
     -------
     ndarray of shape (n, K)
+        Evaluated by :class:`fairsteer.kernels.CellKernels` (``full=True``).
     """
     Z = np.asarray(Z, dtype=np.float64)
-    codes = np.asarray(codes, dtype=np.intp)
-    n, d = Z.shape
-    out = np.empty((n, model.n_classes))
-    L = np.linalg.cholesky(model.covariances)
-    logdet = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
-    const = d * np.log(2.0 * np.pi)
-    for a in range(model.n_groups):
-        rows = np.flatnonzero(codes == a)
-        if rows.size == 0:
-            continue
-        for i in range(model.n_classes):
-            diff = (Z[rows] - model.means[a, i]).T
-            sol = np.linalg.solve(L[a, i], diff)
-            maha = np.sum(sol**2, axis=0)
-            out[rows, i] = np.log(model.priors[a, i]) - 0.5 * (const + logdet[a, i] + maha)
-    return out
+    return CellKernels(model, full=True).logits(Z, np.asarray(codes, dtype=np.intp))
 
 
 def class_logits(model: GaussianModel, Z: ArrayLike, codes: ArrayLike) -> Array:
@@ -72,29 +59,10 @@ def class_logits(model: GaussianModel, Z: ArrayLike, codes: ArrayLike) -> Array:
 
     one (n x d) by (d x K) product per group and no squares of z (so rows of
     any finite size give finite logits). Per-class covariances: the full
-    :func:`log_joint`.
+    :func:`log_joint`. Evaluated by :class:`fairsteer.kernels.CellKernels`.
     """
-    if not model.shared_covariance:
-        return log_joint(model, Z, codes)
     Z = np.asarray(Z, dtype=np.float64)
-    codes = np.asarray(codes, dtype=np.intp)
-    out = np.empty((Z.shape[0], model.n_classes))
-    for a in range(model.n_groups):
-        rows = np.flatnonzero(codes == a)
-        if rows.size == 0:
-            continue
-        W, b = _lda_weights(model, a)
-        out[rows] = Z[rows] @ W + b
-    return out
-
-
-def _lda_weights(model: GaussianModel, a: int) -> tuple[Array, Array]:
-    """(W, b) with eta = z W + b for group a of a shared-covariance model."""
-    L = np.linalg.cholesky(model.covariances[a, 0])
-    half = np.linalg.solve(L, model.means[a].T)  # L^-1 mu_i, (d, K)
-    W = np.linalg.solve(L.T, half)  # S^-1 mu_i
-    b = np.log(model.priors[a]) - 0.5 * np.sum(half**2, axis=0)
-    return W, b
+    return CellKernels(model).logits(Z, np.asarray(codes, dtype=np.intp))
 
 
 def posterior(model: GaussianModel, X: ArrayLike, groups: ArrayLike) -> Array:
@@ -102,8 +70,8 @@ def posterior(model: GaussianModel, X: ArrayLike, groups: ArrayLike) -> Array:
 
     ``X`` is on the data scale (log-normal columns are logged here).
     """
-    Z = model.to_log_space(X)
-    lj = class_logits(model, Z, group_codes(model, groups))
+    g = group_codes(model, groups)
+    lj = class_logits(model, model.to_gaussian_scale(X, g), g)
     return np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
 
 

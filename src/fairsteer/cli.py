@@ -121,21 +121,12 @@ class FitPass:
     n_rows: int
 
 
-def _families(family: Sequence[str], d: int) -> tuple[str | tuple[str, ...], Any]:
-    """``--family`` as ``fit_model`` takes it, and the log mask of the features."""
-    import numpy as np
-
-    from fairsteer.model import FAMILIES
+def _families(family: Sequence[str], d: int) -> Any:
+    """``--family`` (one name, or one per feature) as a :class:`~fairsteer.families.Families`."""
+    from fairsteer.families import Families
 
     fam = tuple(family)
-    if len(fam) not in (1, d):
-        raise InputError(f"{len(fam)} families given for {d} features; give one per feature")
-    bad = [f for f in fam if f not in FAMILIES]
-    if bad:
-        raise InputError(f"family must be one of {FAMILIES}, got {bad[0]!r}")
-    full = fam * d if len(fam) == 1 else fam
-    mask = np.array([f == "lognormal" for f in full])
-    return (fam[0] if len(set(fam)) == 1 else fam), mask
+    return Families(fam[0] if len(fam) == 1 else fam, d)
 
 
 def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
@@ -163,8 +154,8 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     """
     import numpy as np
 
+    from fairsteer.fit import model_from_stats
     from fairsteer.io import LabelCoder, open_table
-    from fairsteer.model import model_from_stats, to_model_space
     from fairsteer.stats import FeatureRange, cell_statistics_from_codes
 
     shrinkage = _shrinkage(args.shrinkage)
@@ -182,7 +173,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     groups = LabelCoder(source, args.group, "group")
     classes = LabelCoder(source, args.label, "class")
     features: list[str] = list(args.features or ())
-    stats = span = family = mask = None
+    stats = span = family = None
     n_rows = 0
     for chunk in source.chunks():
         try:
@@ -193,7 +184,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                         raise InputError(
                             "no numeric feature columns found; name them with --features"
                         )
-                family, mask = _families(args.family, len(features))
+                family = _families(args.family, len(features))
                 span = FeatureRange(len(features))
             X = chunk.floats(features)
         except InputError as exc:
@@ -202,7 +193,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
             raise InputError(f"{exc}{hint}") from None
         c = classes.encode(chunk)
         g = groups.encode(chunk)
-        Z = to_model_space(X, mask, features)
+        Z = family.forward(X, None, features)
         span.update(Z)
         part = cell_statistics_from_codes(Z, g, c, groups.labels, classes.labels)
         with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them

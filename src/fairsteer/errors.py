@@ -1,7 +1,11 @@
-"""The one exception type fairsteer raises for bad input.
+"""The exceptions fairsteer raises on purpose.
 
-Every message names the problem and the fix. The CLI turns an ``InputError``
-into one line on stderr and exit code 2.
+- :class:`InputError` for every bad input (data, parameters, files): the
+  message names the problem and the fix. The CLI turns it into one line on
+  stderr and exit code 2.
+- :class:`NotFittedError` when an estimator is used before ``fit``.
+
+Both derive from ``ValueError``.
 """
 
 from __future__ import annotations

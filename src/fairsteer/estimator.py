@@ -9,21 +9,31 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Hashable
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.maps import UNLABELED_MODES, SteeringMaps
-from fairsteer.model import GaussianModel, fit_model, read_json, write_atomic
-from fairsteer.solve import METHODS, Solution, solve
+from fairsteer.families import Families, Family
+from fairsteer.files import read_json, write_atomic
+from fairsteer.fit import fit_model
+from fairsteer.maps import SteeringMaps
+from fairsteer.model import GaussianModel
+from fairsteer.options import (
+    COVARIANCES,
+    METHODS,
+    PRIOR_MODES,
+    UNLABELED_MODES,
+    SolverOptions,
+    check_choice,
+    check_shrinkage,
+)
+from fairsteer.solve import Solution, solve
 from fairsteer.stats import label_array
 
 __all__ = ["OptimalSteering"]
-
-PRIOR_MODES = ("weights", "resample", "none")
-COVARIANCES = ("per-class", "shared")
 
 
 def _to_array(X: Any) -> tuple[NDArray[np.float64], list[str] | None, Any]:
@@ -104,6 +114,9 @@ class OptimalSteering:
         How ``transform`` treats rows whose label is unknown (THEORY 5).
     seed : int
         Seed of the solvers' random starts and of resampling.
+    solver_options : SolverOptions or dict, optional
+        Starts, iteration cap and tolerance of the solver
+        (:class:`~fairsteer.options.SolverOptions`).
 
     Attributes
     ----------
@@ -138,6 +151,7 @@ class OptimalSteering:
         prior_mode: str = "weights",
         unlabeled: str = "soft",
         seed: int = 0,
+        solver_options: SolverOptions | dict[str, Any] | None = None,
     ) -> None:
         self.method = method
         self.family = family
@@ -147,6 +161,7 @@ class OptimalSteering:
         self.prior_mode = prior_mode
         self.unlabeled = unlabeled
         self.seed = seed
+        self.solver_options = solver_options
 
     # sklearn parameter protocol without importing sklearn in the core
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -161,6 +176,7 @@ class OptimalSteering:
                 "prior_mode",
                 "unlabeled",
                 "seed",
+                "solver_options",
             )
         }
 
@@ -168,7 +184,9 @@ class OptimalSteering:
         valid = self.get_params()
         for key, value in params.items():
             if key not in valid:
-                raise ValueError(f"invalid parameter {key!r} for OptimalSteering")
+                raise InputError(
+                    f"invalid parameter {key!r} for OptimalSteering; valid: {sorted(valid)}"
+                )
             setattr(self, key, value)
         return self
 
@@ -187,14 +205,20 @@ class OptimalSteering:
 
     # ------------------------------------------------------------------ fit
     def _validate_params(self) -> None:
-        if not isinstance(self.method, str) or self.method not in METHODS:
-            raise InputError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.prior_mode not in PRIOR_MODES:
-            raise InputError(f"prior_mode must be one of {PRIOR_MODES}, got {self.prior_mode!r}")
-        if self.unlabeled not in UNLABELED_MODES:
-            raise InputError(f"unlabeled must be one of {UNLABELED_MODES}, got {self.unlabeled!r}")
-        if self.covariance not in COVARIANCES:
-            raise InputError(f"covariance must be one of {COVARIANCES}, got {self.covariance!r}")
+        """Check every parameter before any pass over the data."""
+        check_choice(self.method, METHODS, "method")
+        check_choice(self.prior_mode, PRIOR_MODES, "prior_mode")
+        check_choice(self.unlabeled, UNLABELED_MODES, "unlabeled")
+        check_choice(self.covariance, COVARIANCES, "covariance")
+        check_shrinkage(self.shrinkage)
+        spec = self.family
+        Families(spec, 1 if isinstance(spec, str | Family) else len(spec))
+        if self.reference is not None and self.method != "affirmative":
+            raise InputError(
+                f"reference applies to method 'affirmative' only, not {self.method!r}; "
+                "set reference=None"
+            )
+        SolverOptions.coerce(self.solver_options)
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
@@ -212,7 +236,13 @@ class OptimalSteering:
             shrinkage=self.shrinkage,
             features=names,
         )
-        self.solution_ = solve(self.model_, self.method, reference=self.reference, seed=self.seed)
+        self.solution_ = solve(
+            self.model_,
+            self.method,
+            reference=self.reference,
+            seed=self.seed,
+            options=self.solver_options,
+        )
         self._set_fitted(self.model_, self.solution_)
         return self
 
@@ -286,8 +316,10 @@ class OptimalSteering:
         """Settings, fitted model and solution (JSON-ready)."""
         self._check(np.zeros((1, self.n_features_in_)))
         params = self.get_params()
-        if isinstance(params["family"], tuple):
-            params["family"] = list(params["family"])
+        if not isinstance(params["family"], str):
+            params["family"] = Families(params["family"], self.n_features_in_).to_json()
+        if isinstance(params["solver_options"], SolverOptions):
+            params["solver_options"] = asdict(params["solver_options"])
         return {
             "params": params,
             "model": self.model_.to_dict(),

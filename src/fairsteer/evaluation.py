@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.model import GaussianModel, fit_model
+from fairsteer.fit import fit_model
+from fairsteer.model import GaussianModel
 
 __all__ = ["inject_label_bias", "refit_steered"]
 

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fairsteer.errors import InputError
-from fairsteer.model import atomic_output, write_atomic
+from fairsteer.files import atomic_output, write_atomic
 
 __all__ = [
     "Chunk",

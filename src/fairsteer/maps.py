@@ -21,23 +21,25 @@ Log-normal features are mapped on the log scale and exponentiated back.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fairsteer.bayes import class_logits, group_codes
+from fairsteer.bayes import group_codes
 from fairsteer.errors import InputError
-from fairsteer.linalg import gaussian_ot_matrix, is_class_shared
+from fairsteer.kernels import CellKernels
+from fairsteer.linalg import gaussian_ot_matrix
 from fairsteer.model import GaussianModel
+from fairsteer.options import UNLABELED_MODES
 from fairsteer.solve.solution import Solution
 from fairsteer.stats import encode_labels
 
-__all__ = ["UNLABELED_MODES", "SteeringMaps"]
+__all__ = ["SteeringMaps"]
 
 Array = NDArray[np.float64]
-UNLABELED_MODES = ("soft", "hard", "none")
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +65,7 @@ class SteeringMaps:
         if original.means.shape != ideal.means.shape or original.groups != ideal.groups:
             raise InputError("original and ideal models must have the same groups, classes, d")
         m, K, d = original.means.shape
-        if is_class_shared(original.covariances) and is_class_shared(ideal.covariances):
+        if original.shared_covariance and ideal.shared_covariance:
             per_group = np.stack(
                 [
                     gaussian_ot_matrix(original.covariances[a, 0], ideal.covariances[a, 0])
@@ -92,38 +94,28 @@ class SteeringMaps:
             raise InputError(f"X has {n} rows but y has {c.size}")
         return c, g
 
+    def _prepare(
+        self, X: ArrayLike, y: ArrayLike | None, groups: ArrayLike, model: GaussianModel
+    ) -> tuple[Any, NDArray[np.intp], Array]:
+        """Label codes, group codes and ``X`` on ``model``'s Gaussian scale."""
+        X = np.asarray(X, dtype=np.float64)
+        c, g = self._codes(y, groups, X.shape[0] if X.ndim else 0)
+        return c, g, model.to_gaussian_scale(X, g)
+
     @property
     def shared(self) -> bool:
         """True when every class of a group shares its linear part A (shared covariance)."""
-        return is_class_shared(self.A)
+        return self.original.shared_covariance and self.ideal.shared_covariance
 
-    def _linear_shift(self, a: int, inverse: bool) -> tuple[Array, Array]:
-        """Group a's maps as z -> z A^T + shift[i]: (A, shift) with shift (K, d)."""
-        src, dst = (self.ideal, self.original) if inverse else (self.original, self.ideal)
-        A = np.linalg.inv(self.A[a, 0]) if inverse else self.A[a, 0]
-        return A, dst.means[a] - src.means[a] @ A.T
+    @functools.cached_property
+    def kernels(self) -> CellKernels:
+        """The row formulas of these maps (:class:`fairsteer.kernels.CellKernels`)."""
+        return CellKernels(self.original, self)
 
-    def _cell_apply(
-        self, Z: Array, c: NDArray[np.intp], g: NDArray[np.intp], inverse: bool = False
-    ) -> Array:
-        out = np.empty_like(Z)
-        src, dst = (self.ideal, self.original) if inverse else (self.original, self.ideal)
-        for a in range(self.original.n_groups):
-            in_group = np.flatnonzero(g == a)
-            if in_group.size == 0:
-                continue
-            if self.shared:
-                # One GEMM per group: every class shares A, only the shift differs.
-                A, shift = self._linear_shift(a, inverse)
-                out[in_group] = Z[in_group] @ A.T + shift[c[in_group]]
-                continue
-            for i in range(self.original.n_classes):
-                rows = in_group[c[in_group] == i]
-                if rows.size == 0:
-                    continue
-                A = np.linalg.inv(self.A[a, i]) if inverse else self.A[a, i]
-                out[rows] = dst.means[a, i] + (Z[rows] - src.means[a, i]) @ A.T
-        return out
+    @functools.cached_property
+    def inverse_kernels(self) -> CellKernels:
+        """The row formulas of the inverse maps (ideal -> original)."""
+        return CellKernels(self.original, self, inverse=True)
 
     # ------------------------------------------------------------ samples
     def steer(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike) -> Array:
@@ -132,15 +124,13 @@ class SteeringMaps:
         Returns the steered samples on the data scale (log-normal columns are
         mapped on the log scale and exponentiated back).
         """
-        Z = self.original.to_log_space(X)
-        c, g = self._codes(y, groups, Z.shape[0])
-        return self.original.from_log_space(self._cell_apply(Z, c, g))
+        c, g, Z = self._prepare(X, y, groups, self.original)
+        return self.original.from_gaussian_scale(self.kernels.steer(Z, g, c), g)
 
     def inverse(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike) -> Array:
         """Exact inverse of :meth:`steer` (and of hard-mode ``transform`` with the same labels)."""
-        Z = self.ideal.to_log_space(X)
-        c, g = self._codes(y, groups, Z.shape[0])
-        return self.original.from_log_space(self._cell_apply(Z, c, g, inverse=True))
+        c, g, Z = self._prepare(X, y, groups, self.ideal)
+        return self.original.from_gaussian_scale(self.inverse_kernels.steer(Z, g, c), g)
 
     def transform(
         self,
@@ -160,30 +150,17 @@ class SteeringMaps:
         """
         if mode not in UNLABELED_MODES:
             raise InputError(f"mode must be one of {UNLABELED_MODES}, got {mode!r}")
-        Z = self.original.to_log_space(X)
-        c, g = self._codes(y_pred, groups, Z.shape[0])
+        c, g, Z = self._prepare(X, y_pred, groups, self.original)
         if mode == "none":
-            return self.original.from_log_space(Z)
-        lj = class_logits(self.original, Z, g)
+            return self.original.from_gaussian_scale(Z, g)
+        lj = self.kernels.logits(Z, g)
         if mode == "hard":
             if c is None:
                 c = np.argmax(lj, axis=1)
-            return self.original.from_log_space(self._cell_apply(Z, c, g))
+            return self.original.from_gaussian_scale(self.kernels.steer(Z, g, c), g)
         post = np.exp(lj - lj.max(axis=1, keepdims=True))
         post /= post.sum(axis=1, keepdims=True)
-        if self.shared:
-            # sum_i p_i (z A^T + shift_i) = z A^T + p @ shift: one GEMM per group.
-            out = np.empty_like(Z)
-            for a in range(self.original.n_groups):
-                rows = np.flatnonzero(g == a)
-                if rows.size:
-                    A, shift = self._linear_shift(a, inverse=False)
-                    out[rows] = Z[rows] @ A.T + post[rows] @ shift
-            return self.original.from_log_space(out)
-        out = np.zeros_like(Z)
-        for i in range(self.original.n_classes):
-            out += post[:, i : i + 1] * self._cell_apply(Z, np.full(Z.shape[0], i), g)
-        return self.original.from_log_space(out)
+        return self.original.from_gaussian_scale(self.kernels.soft_steer(Z, g, post), g)
 
     # ------------------------------------------------------------- priors
     def weights(self, y: ArrayLike, groups: ArrayLike) -> Array:

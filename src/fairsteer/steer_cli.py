@@ -61,8 +61,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 def _write_artifacts(paths: list[str], model: Any, sol: Any, data: str) -> None:
     """OUT.model.json, OUT.solution.json and OUT.audit.json (before and after)."""
     from fairsteer.audit import audit
+    from fairsteer.files import write_atomic
     from fairsteer.io import check_output
-    from fairsteer.model import write_atomic
 
     for path in paths:
         check_output(path, data)

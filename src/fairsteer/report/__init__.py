@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from fairsteer.model import write_atomic
+from fairsteer.files import write_atomic
 
 __all__ = ["Report", "figure"]
 

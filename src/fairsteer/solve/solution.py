@@ -16,11 +16,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.files import read_json, write_atomic
 from fairsteer.linalg import kl_gaussian_cells, symmetrize, tv_bound_from_kl
-from fairsteer.model import GaussianModel, read_json, write_atomic
+from fairsteer.model import GaussianModel
+from fairsteer.options import METHODS
 
 __all__ = [
-    "METHODS",
     "Solution",
     "chain_rule_kl",
     "ideal_model",
@@ -29,7 +30,6 @@ __all__ = [
 ]
 
 Array = NDArray[np.float64]
-METHODS = ("affirmative", "all-subgroups")
 
 
 def ideal_model(
@@ -53,7 +53,7 @@ def ideal_model(
     t = np.asarray(t, dtype=np.float64)
     m, K, d = G.shape[0], nu.shape[0], nu.shape[1]
     new_means = nu @ np.swapaxes(G, -1, -2) + t[:, None, :]
-    if Om.strides[0] == 0 or bool(np.all(Om == Om[:1])):
+    if original.shared_covariance:
         # Shared reference covariance: one G Om G^T per group, broadcast over classes.
         per_group = symmetrize(G @ Om[0] @ np.swapaxes(G, -1, -2))
         new_covs = np.broadcast_to(per_group[:, None], (m, K, d, d))
@@ -247,7 +247,7 @@ class Solution:
             method=method,
             reference_priors=np.asarray(priors, dtype=np.float64),
             reference_means=np.asarray(means, dtype=np.float64),
-            reference_covariances=_shared_or_symmetric(covariances),
+            reference_covariances=_shared_or_symmetric(covariances, original.shared_covariance),
             G=np.asarray(G, dtype=np.float64),
             t=np.asarray(t, dtype=np.float64),
             kl=total,
@@ -385,10 +385,10 @@ class Solution:
         return cls.from_dict(read_json(path))
 
 
-def _shared_or_symmetric(covariances: ArrayLike) -> Array:
-    """Symmetrised copy, or the read-only broadcast view of a shared covariance as is."""
+def _shared_or_symmetric(covariances: ArrayLike, shared: bool) -> Array:
+    """Symmetrised copy, or one shared covariance broadcast over the classes (read-only)."""
     Om = np.asarray(covariances, dtype=np.float64)
-    return Om if Om.strides[0] == 0 else symmetrize(Om)
+    return np.broadcast_to(symmetrize(Om[0]), Om.shape) if shared else symmetrize(Om)
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,12 +9,14 @@ Optional: needs ``torch`` (the ``torch`` extra). The core never imports it.
   ``torch.nn.Module`` (any device): labelled, soft, hard or no steering.
 - :func:`steer_layer` attaches a function to one layer's output through a
   forward hook and always removes it, also when the body raises.
+- :func:`steer_model` steers several layers at once with their modules, per
+  token, with per-sequence or per-token groups and padding left alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
@@ -22,60 +24,66 @@ import numpy as np
 import torch
 
 from fairsteer.errors import InputError
-from fairsteer.maps import UNLABELED_MODES, SteeringMaps
+from fairsteer.fit import Fitter
+from fairsteer.kernels import CellKernels
+from fairsteer.maps import SteeringMaps
+from fairsteer.model import GaussianModel
+from fairsteer.options import UNLABELED_MODES
 from fairsteer.stats import CellStats
 
-__all__ = ["SteeringModule", "StreamingMoments", "steer_layer"]
+__all__ = ["SteeringModule", "StreamingMoments", "steer_layer", "steer_model"]
 
 
 class StreamingMoments:
     """Per-(group, class) moments of a stream of batches, accumulated in float64.
 
+    A :class:`fairsteer.fit.Fitter` fed with torch batches: each batch is
+    brought to the CPU in float64 and goes through the same statistics
+    kernel as a numpy fit (:func:`fairsteer.stats.cell_statistics_from_codes`),
+    merged exactly (Chan's update), so the result equals one numpy fit of all
+    rows to round-off.
+
     Parameters
     ----------
     groups, classes : sequence
         Label sets; batches pass integer codes into them.
+    **fit_options
+        ``covariance``, ``shrinkage``, ``features`` of the model :meth:`model`
+        builds (normal family: hidden states are not positive).
     """
 
-    def __init__(self, groups: Sequence[Hashable], classes: Sequence[Hashable]) -> None:
+    def __init__(
+        self, groups: Sequence[Hashable], classes: Sequence[Hashable], **fit_options: Any
+    ) -> None:
         self.groups, self.classes = tuple(groups), tuple(classes)
-        self._stats: CellStats | None = None
+        self.fitter = Fitter(group_labels=self.groups, class_labels=self.classes, **fit_options)
 
     @torch.no_grad()
     def update(self, hidden: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> None:
         """Add a batch: ``hidden`` (n, d) any dtype/device, integer ``labels`` and ``groups``."""
         if hidden.ndim != 2:
             raise InputError(f"hidden states must be (n, d), got shape {tuple(hidden.shape)}")
-        x = hidden.detach().to(torch.float64)
-        m, K, d = len(self.groups), len(self.classes), x.shape[1]
-        code = groups.to(x.device).long() * K + labels.to(x.device).long()
-        if code.numel() != x.shape[0]:
+        m, K = len(self.groups), len(self.classes)
+        g = groups.detach().cpu().long().numpy().ravel()
+        c = labels.detach().cpu().long().numpy().ravel()
+        if g.size != hidden.shape[0] or c.size != hidden.shape[0]:
             raise InputError("labels and groups need one entry per row of hidden")
-        if code.numel() and (code.min() < 0 or code.max() >= m * K):
+        if g.size and (g.min() < 0 or g.max() >= m or c.min() < 0 or c.max() >= K):
             raise InputError("label or group code out of range")
-        counts = torch.bincount(code, minlength=m * K).to(torch.float64)
-        sums = torch.zeros(m * K, d, dtype=torch.float64, device=x.device)
-        sums.index_add_(0, code, x)
-        means = sums / counts.clamp(min=1.0)[:, None]
-        centred = x - means[code]
-        scatters = torch.zeros(m * K, d, d, dtype=torch.float64, device=x.device)
-        for c in torch.unique(code).tolist():
-            rows = centred[code == c]
-            scatters[c] = rows.T @ rows
-        batch = CellStats(
-            self.groups,
-            self.classes,
-            counts.cpu().numpy().reshape(m, K),
-            means.cpu().numpy().reshape(m, K, d),
-            scatters.cpu().numpy().reshape(m, K, d, d),
-        )
-        self._stats = batch if self._stats is None else self._stats.merge(batch)
+        x = hidden.detach().to("cpu", torch.float64).numpy()
+        if not bool(np.isfinite(x).all()):
+            raise InputError("hidden states hold NaN or inf")
+        self.fitter.update_codes(x, g, c)
 
     @property
     def stats(self) -> CellStats:
-        if self._stats is None:
+        if self.fitter.stats is None:
             raise InputError("no batch was added; call update first")
-        return self._stats
+        return self.fitter.stats
+
+    def model(self) -> GaussianModel:
+        """The model of every row seen (:meth:`fairsteer.fit.Fitter.model`)."""
+        return self.fitter.model()
 
 
 class SteeringModule(torch.nn.Module):
@@ -85,59 +93,28 @@ class SteeringModule(torch.nn.Module):
     goes through its cell's map; without, ``mode`` is ``soft`` (posterior-
     weighted under the fitted model), ``hard`` (most probable class) or
     ``none``. Normal-family models only (representations are not positive).
+    The formulas are those of the numpy maps (:class:`fairsteer.kernels.CellKernels`),
+    evaluated in float64 on the module's device.
     """
 
     def __init__(self, maps: SteeringMaps) -> None:
         super().__init__()
-        if maps.original.log_features.any():
+        if not maps.original.family.is_identity:
             raise InputError("SteeringModule supports normal-family models only")
-        orig = maps.original
-        L = np.linalg.cholesky(orig.covariances)
-        L_inv = np.linalg.inv(L)
-        logdet = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
-        const = np.log(orig.priors) - 0.5 * (logdet + orig.n_features * math.log(2 * math.pi))
-        for name, value in (
-            ("mu", orig.means),
-            ("mu_ideal", maps.ideal.means),
-            ("A", np.array(maps.A)),
-            ("L_inv", L_inv),
-            ("log_const", const),
-        ):
-            self.register_buffer(name, torch.as_tensor(np.array(value), dtype=torch.float64))
+        self._kernels = CellKernels(maps.original, maps)
+        self._names = sorted(self._kernels.params)
+        for name in self._names:
+            value = np.array(self._kernels.params[name], dtype=np.float64)  # a writable copy
+            self.register_buffer(f"k_{name}", torch.as_tensor(value, dtype=torch.float64))
 
-    def _per_group(self, x: torch.Tensor, groups: torch.Tensor, fn: Callable) -> torch.Tensor:
-        """Apply ``fn(a, diff)`` to each group's rows, diff = x - mu[a] of shape (r, K, d).
-
-        One group at a time: gathering a (d, d) matrix per row and class would
-        need n K d^2 memory (GBs for a batch of 384-dim representations).
-        """
-        out = None
-        for a in torch.unique(groups).tolist():
-            rows = groups == a
-            value = fn(a, x[rows][:, None, :] - self.mu[a])
-            if out is None:
-                out = x.new_empty((x.shape[0], *value.shape[1:]))
-            out[rows] = value
-        if out is None:
-            raise InputError("empty batch")  # forward returns empty batches unchanged
-        return out
-
-    def _cell_maps(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """Images of every row under every class map of its group: (n, K, d)."""
-        return self._per_group(
-            x,
-            groups,
-            lambda a, diff: self.mu_ideal[a] + torch.einsum("kde,rke->rkd", self.A[a], diff),
-        )
+    @property
+    def kernels(self) -> CellKernels:
+        """The kernels evaluated on this module's buffers (current device)."""
+        return self._kernels.with_params({n: getattr(self, f"k_{n}") for n in self._names})
 
     def log_joint(self, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        """log P(x, Y=i | A=a) + log P(A=a) per row and class: (n, K)."""
-
-        def fn(a: int, diff: torch.Tensor) -> torch.Tensor:
-            white = torch.einsum("kde,rke->rkd", self.L_inv[a], diff)
-            return self.log_const[a] - 0.5 * (white**2).sum(-1)
-
-        return self._per_group(x, groups, fn)
+        """Class logits per row (n, K): the log joint up to a per-row constant."""
+        return self.kernels.logits(x.to(torch.float64), groups.to(x.device).long())
 
     def forward(
         self,
@@ -148,19 +125,18 @@ class SteeringModule(torch.nn.Module):
     ) -> torch.Tensor:
         if mode not in UNLABELED_MODES:
             raise InputError(f"mode must be one of {UNLABELED_MODES}, got {mode!r}")
+        if (labels is None and mode == "none") or x.shape[0] == 0:
+            return x
         dtype = x.dtype
         z = x.to(torch.float64)
         groups = groups.to(z.device).long()
-        if (labels is None and mode == "none") or x.shape[0] == 0:
-            return x
-        images = self._cell_maps(z, groups)
-        if labels is None and mode == "soft":
-            post = torch.softmax(self.log_joint(z, groups), dim=1)
-            return (post[..., None] * images).sum(1).to(dtype)
+        kern = self.kernels
         if labels is None:
-            labels = self.log_joint(z, groups).argmax(dim=1)
-        idx = labels.to(z.device).long()
-        return images[torch.arange(z.shape[0], device=z.device), idx].to(dtype)
+            logits = kern.logits(z, groups)
+            if mode == "soft":
+                return kern.soft_steer(z, groups, torch.softmax(logits, dim=1)).to(dtype)
+            labels = logits.argmax(dim=1)
+        return kern.steer(z, groups, labels.to(z.device).long()).to(dtype)
 
 
 @contextlib.contextmanager
@@ -187,3 +163,140 @@ def steer_layer(
         yield handle
     finally:
         handle.remove()
+
+
+class _Steering:
+    """The groups (and mask) the hooks of :func:`steer_model` read; change them between calls."""
+
+    def __init__(self) -> None:
+        self.groups: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+
+    def set_groups(
+        self,
+        groups: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> None:
+        """Group codes per sequence (batch,) or per token (batch, seq); optional labels alike.
+
+        ``attention_mask`` (batch, seq): tokens with mask 0 (padding) are left
+        unchanged.
+        """
+        self.groups = torch.as_tensor(groups).long()
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        self.mask = None if attention_mask is None else torch.as_tensor(attention_mask).bool()
+
+    @staticmethod
+    def _per_token(value: torch.Tensor, b: int, s: int, what: str) -> torch.Tensor:
+        if value.ndim == 1 and value.shape[0] == b:
+            return value[:, None].expand(b, s)
+        if value.ndim == 2 and tuple(value.shape) == (b, s):
+            return value
+        raise InputError(
+            f"{what} must have shape (batch,) = ({b},) or (batch, seq) = ({b}, {s}), got "
+            f"{tuple(value.shape)}; per-token values cannot follow cached generation (one new "
+            "token per step): pass one value per sequence there"
+        )
+
+    def apply(
+        self, module: SteeringModule, h: torch.Tensor, mode: str, alpha: float
+    ) -> torch.Tensor:
+        if self.groups is None:
+            raise InputError("no groups set: pass groups to steer_model or call set_groups")
+        squeeze = h.ndim == 2
+        x = h[:, None, :] if squeeze else h
+        b, s, d = x.shape
+        dev = x.device
+        groups = self._per_token(self.groups.to(dev), b, s, "groups").reshape(-1)
+        labels = None
+        if self.labels is not None:
+            labels = self._per_token(self.labels.to(dev), b, s, "labels").reshape(-1)
+        flat = x.reshape(-1, d)
+        steered = module(flat, groups, labels, mode=mode)
+        out = flat + alpha * (steered - flat) if alpha != 1.0 else steered
+        if self.mask is not None:
+            keep = ~self._per_token(self.mask.to(dev), b, s, "attention_mask").reshape(-1)
+            out = torch.where(keep[:, None], flat, out)
+        out = out.reshape(b, s, d)
+        return out[:, 0, :] if squeeze else out
+
+
+@contextlib.contextmanager
+def steer_model(
+    model: torch.nn.Module,
+    steering: dict[str | torch.nn.Module, SteeringModule],
+    groups: torch.Tensor | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    mode: str = "soft",
+    alpha: float = 1.0,
+) -> Iterator[_Steering]:
+    r"""Steer several layers of a (Hugging Face) model at once, per token.
+
+    Each layer's output h (a tensor, the first element of a tuple, or
+    ``last_hidden_state``) of shape (batch, seq, d) is replaced by
+    :math:`h + \alpha (S(h) - h)` with ``S`` the layer's
+    :class:`SteeringModule`, evaluated for every token with the group of its
+    sequence (or its own group). Hooks run before the model's own hooks and are
+    all removed on exit, also when the body raises.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    steering : dict
+        Layer (a submodule or its dotted name, e.g. ``"encoder.layer.3"``) to the
+        :class:`SteeringModule` fitted on that layer's states.
+    groups : tensor, optional
+        Group codes per sequence (batch,) or per token (batch, seq). May be set
+        or changed later with the yielded handle's ``set_groups``.
+    labels : tensor, optional
+        Class codes like ``groups`` (labelled maps); default: ``mode``.
+    attention_mask : tensor, optional
+        (batch, seq); padding tokens (0) are left unchanged.
+    mode : {"soft", "hard", "none"}
+        How unlabelled tokens are steered (:class:`SteeringModule`).
+    alpha : float in [0, 1]
+        Strength: displacement interpolation between h and S(h) (THEORY 8).
+
+    Yields
+    ------
+    handle
+        ``handle.set_groups(groups, labels=None, attention_mask=None)``.
+
+    Notes
+    -----
+    The design follows the scrubbing context of concept-erasure (Belrose et
+    al. 2023, "LEACE: Perfect linear concept erasure in closed form",
+    https://arxiv.org/abs/2306.03819): one hook per layer, removed on exit.
+    """
+    if mode not in UNLABELED_MODES:
+        raise InputError(f"mode must be one of {UNLABELED_MODES}, got {mode!r}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must lie in [0, 1], got {alpha}")
+    handle = _Steering()
+    if groups is not None:
+        handle.set_groups(groups, labels, attention_mask)
+    layers = []
+    for key, module in steering.items():
+        if isinstance(key, str):
+            try:
+                key = model.get_submodule(key)
+            except AttributeError:
+                raise InputError(f"model has no submodule {key!r}") from None
+        if not isinstance(module, SteeringModule):
+            raise InputError("steering values must be SteeringModule objects")
+        layers.append((key, module))
+    with contextlib.ExitStack() as stack:
+        for layer, module in layers:
+            fn = functools.partial(_apply, handle, module, mode, float(alpha))
+            stack.enter_context(steer_layer(layer, fn))
+        yield handle
+
+
+def _apply(
+    handle: _Steering, module: SteeringModule, mode: str, alpha: float, h: torch.Tensor
+) -> torch.Tensor:
+    return handle.apply(module, h, mode, alpha)

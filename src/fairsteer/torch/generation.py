@@ -74,8 +74,9 @@ import torch
 from numpy.typing import ArrayLike, NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.fit import fit_model
 from fairsteer.linalg import gaussian_ot_matrix
-from fairsteer.model import GaussianModel, fit_model
+from fairsteer.model import GaussianModel
 from fairsteer.solve import Solution, solve
 
 __all__ = [
