@@ -132,7 +132,7 @@ def gaussian_ot_between_groups(
     Group a's rows map by x -> m_r + A_a (x - m_a) with
     A_a = gaussian_ot_matrix(S_a, S_r) from the groups' overall means m and
     (maximum-likelihood) covariances S, optionally shrunk as in
-    :func:`fairsteer.model.shrink_covariance` (needed when S is singular,
+    :func:`fairsteer.fit.shrink_covariance` (needed when S is singular,
     e.g. for pooled LayerNorm outputs). Default reference: the largest group.
     """
 

@@ -6,7 +6,7 @@ r"""Tools to evaluate a steering on data: a known bias to inject, the law of a s
   against the clean labels.
 - :func:`refit_steered`: the Gaussian model of a steered sample, whose rows
   carry the prior weights :math:`\tilde\pi_{a,i} / \pi_{a,i}`
-  (:meth:`fairsteer.SteeringMaps.weights`). Auditing it checks the steering
+  (:meth:`fairsteer.maps.SteeringMaps.weights`). Auditing it checks the steering
   end to end on data (THEORY 5: the steered sample follows the ideal law).
 """
 
@@ -87,7 +87,7 @@ def refit_steered(
 
     Steered rows of cell (a, i) carry the weight
     :math:`w_{a,i} = \tilde\pi_{a,i} / \pi_{a,i}` (ideal over original class
-    prior, :meth:`fairsteer.SteeringMaps.weights`), so the weighted share of
+    prior, :meth:`fairsteer.maps.SteeringMaps.weights`), so the weighted share of
     class i within group a is
 
     .. math:: \frac{n_{a,i}\, w_{a,i}}{\sum_j n_{a,j}\, w_{a,j}}
@@ -97,7 +97,7 @@ def refit_steered(
     :math:`n_{a,i} / n_a = \pi_{a,i}` (always so for the training sample).
     The refit therefore takes the ideal priors ``ideal.priors`` and the
     sample's per-cell means and covariances
-    (:func:`fairsteer.fit_model`, unweighted within a cell: the weight is
+    (:func:`fairsteer.fit.fit_model`, unweighted within a cell: the weight is
     constant there). Auditing it checks the steering on data (THEORY 5).
 
     Parameters
@@ -108,7 +108,7 @@ def refit_steered(
         The ideal model the sample was steered to (``Solution.ideal``); its
         group order is kept.
     family, covariance, shrinkage
-        As in :func:`fairsteer.fit_model`.
+        As in :func:`fairsteer.fit.fit_model`.
     """
     refit = fit_model(
         X_steered,

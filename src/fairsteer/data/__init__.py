@@ -1,5 +1,5 @@
 """Small data helpers of the library: the synthetic case study and the German credit CSV.
 
 The real data sets of the experiments (Adult, COMPAS, BUG) are loaded by the
-experiments package (:mod:`fairsteer_experiments.data`).
+experiments package (``fairsteer_experiments.data``).
 """

@@ -7,7 +7,7 @@ token, the usual summary of a causal LM). The cache key hashes the name, the
 layer, the pooling and the exact sentences, so a changed input can never
 return stale vectors. Loaders of particular packaged models (MiniLM,
 SmolLM2) live with the experiments that use them
-(:mod:`fairsteer_experiments.models`).
+(``fairsteer_experiments.models``).
 """
 
 from __future__ import annotations
