@@ -99,3 +99,42 @@ def test_bad_input(X, y, g, msg):
 def test_unknown_label_names_known_ones():
     with pytest.raises(InputError, match="unknown group 'z'"):
         cell_statistics(np.ones((2, 1)), [0, 1], ["a", "z"], group_labels=["a", "b"])
+
+
+@pytest.mark.parametrize("separation", [1.0, 1e6])
+def test_pooled_statistics_equal_summed_cells(separation):
+    """One product per group equals the sum of per-cell scatters, also for far-apart classes.
+
+    separation 1e6 sends trace(S)/trace(W) past POOL_GUARD: the per-cell
+    fallback must keep the accuracy the one-product formula would lose.
+    """
+    from fairsteer.stats import CHUNK_ROWS, cell_statistics
+
+    rng = np.random.default_rng(3)
+    n, d, K = 2 * CHUNK_ROWS + 77, 4, 5  # chunks cross class boundaries
+    g = rng.integers(0, 2, n)
+    y = rng.integers(0, K, n)
+    y[g == 1] = np.where(y[g == 1] == 2, 3, y[g == 1])  # class 2 empty in group 1
+    X = rng.normal(size=(n, d)) + separation * rng.normal(size=(K, d))[y] + 1e3
+    cells = cell_statistics(X, y, g)
+    pooled = cell_statistics(X, y, g, pooled=True)
+    assert pooled.pooled and pooled.scatters.shape == (2, 1, d, d)
+    np.testing.assert_array_equal(pooled.counts, cells.counts)
+    # means: shifted sums of ~1e3 rows, round-off ~1e-13 relative to the values
+    np.testing.assert_allclose(pooled.means, cells.means, rtol=1e-12, atol=1e-9)
+    # scatters ~n: summed cell scatters vs one product, round-off ~1e-12 relative
+    np.testing.assert_allclose(
+        pooled.scatters[:, 0], cells.scatters.sum(axis=1), rtol=1e-9, atol=1e-9 * n
+    )
+    # merging pooled halves, or a pooled with a per-cell half, gives the same
+    half = n // 2
+    a = cell_statistics(X[:half], y[:half], g[:half], pooled=True)
+    b = cell_statistics(X[half:], y[half:], g[half:])
+    merged = a.merge(b).aligned(cells.groups, cells.classes)
+    assert merged.pooled
+    np.testing.assert_allclose(
+        merged.scatters[:, 0], cells.scatters.sum(axis=1), rtol=1e-9, atol=1e-9 * n
+    )
+    full = g == 0  # group 0 has every class
+    with pytest.raises(InputError, match="per-class covariances need per-cell"):
+        cell_statistics(X[full], y[full], g[full], pooled=True).covariances("per-class")

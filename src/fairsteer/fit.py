@@ -262,7 +262,8 @@ def _suspicious(stats: CellStats) -> bool:
     """
     if not (all_finite(stats.means) and all_finite(stats.scatters)):
         return True
-    var = np.diagonal(stats.scatters, axis1=-2, axis2=-1) / np.maximum(stats.counts, 1)[..., None]
+    n = stats.counts.sum(axis=1, keepdims=True) if stats.pooled else stats.counts
+    var = np.diagonal(stats.scatters, axis1=-2, axis2=-1) / np.maximum(n, 1)[..., None]
     floor = np.finfo(np.float64).tiny / np.finfo(np.float64).eps
     return bool(np.any((var > 0) & (var < floor)))
 
@@ -356,6 +357,7 @@ class Fitter:
             group_labels=self.group_labels,
             class_labels=self.class_labels,
             check_finite=False,
+            pooled=self.covariance == "shared",
         )
         if _suspicious(stats):
             # NaN or inf in X, a value outside a family's domain, or values beyond
@@ -381,6 +383,7 @@ class Fitter:
             np.asarray(class_codes, dtype=np.intp),
             self.group_labels,
             self.class_labels,
+            pooled=self.covariance == "shared",
         )
         return self.update_stats(stats)
 

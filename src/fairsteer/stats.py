@@ -200,8 +200,13 @@ class CellStats:
         Labels of the groups (axis 0) and classes (axis 1).
     counts : ndarray of shape (m, K)
     means : ndarray of shape (m, K, d)
-    scatters : ndarray of shape (m, K, d, d)
-        Centred scatter matrices ``sum (x - mean)(x - mean)^T``.
+    scatters : ndarray of shape (m, K, d, d), or (m, 1, d, d) when ``pooled``
+        Centred scatter matrices ``sum (x - mean)(x - mean)^T`` per cell, or
+        per group the pooled within-class scatter ``sum_i scatter[a, i]``
+        (all a shared covariance needs: K times less memory and one product
+        per group).
+    pooled : bool
+        Whether ``scatters`` are pooled over the classes of each group.
     """
 
     groups: tuple[Hashable, ...]
@@ -209,6 +214,14 @@ class CellStats:
     counts: Array
     means: Array
     scatters: Array
+    pooled: bool = False
+
+    def as_pooled(self) -> CellStats:
+        """The same statistics with the scatters pooled over the classes of each group."""
+        if self.pooled:
+            return self
+        pooled = self.scatters.sum(axis=1, keepdims=True)
+        return CellStats(self.groups, self.classes, self.counts, self.means, pooled, True)
 
     @property
     def n_features(self) -> int:
@@ -225,15 +238,23 @@ class CellStats:
             )
         groups = self.groups + tuple(g for g in other.groups if g not in self.groups)
         classes = self.classes + tuple(c for c in other.classes if c not in self.classes)
+        pooled = self.pooled or other.pooled
         a = self._embed(groups, classes)
         b = other._embed(groups, classes)
+        if pooled:
+            a, b = a.as_pooled(), b.as_pooled()
         n = a.counts + b.counts
         safe = np.where(n > 0, n, 1.0)
         delta = b.means - a.means
         means = a.means + delta * (b.counts / safe)[..., None]
-        weight = (a.counts * b.counts / safe)[..., None, None]
-        scatters = a.scatters + b.scatters + weight * delta[..., :, None] * delta[..., None, :]
-        return CellStats(groups, classes, n, means, scatters)
+        weight = a.counts * b.counts / safe
+        if pooled:
+            # sum over the classes of each group of weight * delta delta^T
+            between = np.einsum("ak,akd,ake->ade", weight, delta, delta)[:, None]
+        else:
+            between = weight[..., None, None] * delta[..., :, None] * delta[..., None, :]
+        scatters = a.scatters + b.scatters + between
+        return CellStats(groups, classes, n, means, scatters, pooled)
 
     def aligned(self, groups: Sequence[Hashable], classes: Sequence[Hashable]) -> CellStats:
         """The same statistics with the labels in the given order (a permutation or superset).
@@ -261,12 +282,16 @@ class CellStats:
         ci = [classes.index(c) for c in self.classes]
         counts = np.zeros((m, K))
         means = np.zeros((m, K, d))
-        scatters = np.zeros((m, K, d, d))
         ix = np.ix_(gi, ci)
         counts[ix] = self.counts
         means[ix] = self.means
-        scatters[ix] = self.scatters
-        return CellStats(groups, classes, counts, means, scatters)
+        if self.pooled:
+            scatters = np.zeros((m, 1, d, d))
+            scatters[gi] = self.scatters
+        else:
+            scatters = np.zeros((m, K, d, d))
+            scatters[ix] = self.scatters
+        return CellStats(groups, classes, counts, means, scatters, self.pooled)
 
     def covariances(self, kind: str = "per-class") -> Array:
         """Maximum-likelihood covariances, shape (m, K, d, d).
@@ -277,6 +302,11 @@ class CellStats:
         """
         self.require_all_cells()
         if kind == "per-class":
+            if self.pooled:
+                raise InputError(
+                    "per-class covariances need per-cell statistics; these were pooled "
+                    "for a shared covariance (fit with covariance='per-class')"
+                )
             return self.scatters / self.counts[..., None, None]
         if kind == "shared":
             pooled = self.scatters.sum(axis=1) / self.counts.sum(axis=1)[:, None, None]
@@ -303,6 +333,7 @@ def cell_statistics(
     group_labels: Sequence[Hashable] | None = None,
     class_labels: Sequence[Hashable] | None = None,
     check_finite: bool = True,
+    pooled: bool = False,
 ) -> CellStats:
     """Per-cell count, mean and centred scatter of a sample.
 
@@ -319,11 +350,15 @@ def cell_statistics(
         Reject NaN and inf in ``X`` first (one pass over X). A caller that
         checks the resulting statistics instead (a NaN or inf anywhere makes
         them non-finite) may skip it.
+    pooled : bool
+        Keep only each group's within-class scatter pooled over its classes
+        (:attr:`CellStats.pooled`), all a shared covariance needs.
 
     Notes
     -----
     The cost is one gather of the rows of each cell and one ``Z^T Z`` product
-    per cell with ``Z`` the centred rows: in total the work of one ``X^T X``.
+    per cell (pooled: per group) with ``Z`` the shifted rows: in total the work
+    of one ``X^T X``.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
@@ -338,7 +373,7 @@ def cell_statistics(
             f"X has {n} rows but y has {ccodes.size} and groups has {gcodes.size}; "
             "pass one label of each per row"
         )
-    return cell_statistics_from_codes(X, gcodes, ccodes, glabels, clabels)
+    return cell_statistics_from_codes(X, gcodes, ccodes, glabels, clabels, pooled=pooled)
 
 
 def cell_statistics_from_codes(
@@ -347,6 +382,8 @@ def cell_statistics_from_codes(
     ccodes: NDArray[np.intp],
     group_labels: Sequence[Hashable],
     class_labels: Sequence[Hashable],
+    *,
+    pooled: bool = False,
 ) -> CellStats:
     """:func:`cell_statistics` of rows whose labels are already integer codes.
 
@@ -358,6 +395,8 @@ def cell_statistics_from_codes(
         Indices into ``group_labels`` and ``class_labels``.
     group_labels, class_labels : sequence
         The labels the codes index; cells without rows get count 0.
+    pooled : bool
+        Pool the scatters over the classes of each group (see :func:`cell_statistics`).
 
     Returns
     -------
@@ -371,17 +410,26 @@ def cell_statistics_from_codes(
     order = np.argsort(code, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts).astype(np.intp)])
     means = np.zeros((m * K, d))
-    scatters = np.zeros((m * K, d, d))
-    for c in range(m * K):
-        lo, hi = bounds[c], bounds[c + 1]
-        if hi > lo:
-            means[c], scatters[c] = _shifted_moments(X, order[lo:hi])
+    if pooled:
+        scatters = np.zeros((m, 1, d, d))
+        for a in range(m):
+            lo, hi = bounds[a * K], bounds[(a + 1) * K]
+            if hi > lo:
+                cells = slice(a * K, (a + 1) * K)
+                means[cells], scatters[a, 0] = _pooled_moments(X, order[lo:hi], counts[cells])
+    else:
+        scatters = np.zeros((m * K, d, d))
+        for c in range(m * K):
+            lo, hi = bounds[c], bounds[c + 1]
+            if hi > lo:
+                means[c], scatters[c] = _shifted_moments(X, order[lo:hi])
     return CellStats(
         glabels,
         clabels,
         counts.reshape(m, K),
         means.reshape(m, K, d),
-        scatters.reshape(m, K, d, d),
+        scatters.reshape(m, -1, d, d),
+        pooled,
     )
 
 
@@ -418,6 +466,53 @@ def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
         delta = total / rows.size
         scatter = S - np.outer(total, delta)
     return shift + delta, 0.5 * (scatter + scatter.T)
+
+
+# Pooling by one shifted product per group subtracts the between-class part
+# sum_i t_i t_i^T / n_i from it, losing about log10(trace(S) / trace(W)) digits
+# more than per-cell products; beyond 3 digits the cells are computed one by one.
+POOL_GUARD = 1e3
+
+
+def _pooled_moments(X: Array, rows: NDArray[np.intp], counts: Array) -> tuple[Array, Array]:
+    r"""Class means and the pooled within-class scatter of ``X[rows]`` (rows sorted by class).
+
+    One pass over the group's rows shifted by one of them, z = x - x_0: with
+    S = sum z z^T over the group and t_i the sum of z over class i,
+
+    .. math:: \bar x_i = x_0 + t_i / n_i, \qquad
+              W = \sum_i \text{scatter}_i = S - \sum_i t_i t_i^T / n_i ,
+
+    so the work is one ``Z^T Z`` per group (large panels) plus a segmented sum.
+    When the classes lie far apart compared with their spread (``trace(S)``
+    beyond :data:`POOL_GUARD` times ``trace(W)``) the per-cell products of
+    :func:`_shifted_moments` are used instead, which keep full accuracy.
+    """
+    K, d = counts.size, X.shape[1]
+    bounds = np.concatenate([[0], np.cumsum(counts).astype(np.intp)])
+    present = np.flatnonzero(counts > 0)
+    shift = X[rows[0]].copy()
+    S = np.zeros((d, d))
+    T = np.zeros((K, d))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, rows.size, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, rows.size)
+            Z = X.take(rows[start:stop], axis=0)
+            Z -= shift
+            S += Z.T @ Z
+            # the classes with rows in [start, stop): segmented sums of their rows
+            here = present[(bounds[present] < stop) & (bounds[present + 1] > start)]
+            T[here] += np.add.reduceat(Z, np.maximum(bounds[here], start) - start, axis=0)
+        n = counts[present][:, None]
+        W = S - (T[present] / n).T @ T[present]
+        means = np.zeros((K, d))
+        means[present] = shift + T[present] / n
+    if not np.trace(S) <= POOL_GUARD * np.trace(W):
+        W = np.zeros((d, d))
+        for i in present:
+            means[i], scatter = _shifted_moments(X, rows[bounds[i] : bounds[i + 1]])
+            W += scatter
+    return means, 0.5 * (W + W.T)
 
 
 class FeatureRange:
