@@ -250,3 +250,15 @@ def test_a_core_only_installation_lists_the_commands_and_refuses_in_one_line(tmp
             f"installed): pip install 'fairsteer[{extra}]'\n"
         )
     assert not (tmp_path / "r.html").exists()
+
+
+def test_reading_parquet_without_pyarrow_says_which_extra(monkeypatch, capsys, tmp_path):
+    data = tmp_path / "d.parquet"
+    data.write_bytes(b"PAR1 not read")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    code = cli.main(["fit", str(data), "--group", "g", "--label", "y", "-o", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (
+        "fairsteer: error: Parquet needs the 'io' extra (pyarrow not installed): "
+        "pip install 'fairsteer[io]'"
+    )

@@ -54,7 +54,7 @@ def _data_help() -> str:
         return "CSV or Parquet file, read in chunks with pyarrow (memory bounded by a chunk)"
     return (
         "CSV file, read in chunks through the Python standard library (pyarrow is not "
-        "installed: several times slower, and Parquet needs it: pip install pyarrow)"
+        "installed: several times slower, and Parquet needs it: pip install 'fairsteer[io]')"
     )
 
 

@@ -347,10 +347,11 @@ def _text_column(table: Table, name: str) -> list[str]:
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-    except ImportError:
-        raise InputError("Parquet needs pyarrow: pip install pyarrow (or use CSV)") from None
+    from fairsteer.extras import require
+
+    require("Parquet", "io", ["pyarrow"])
+    import pyarrow
+
     return pyarrow
 
 
