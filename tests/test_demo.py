@@ -8,7 +8,7 @@ import pytest
 from fairsteer.audit import audit
 from fairsteer.cli import main
 from fairsteer.data.synthetic import case_study, sample_model
-from fairsteer.experiments.demo import METHODS, run_demo
+from fairsteer_experiments.demo import METHODS, run_demo
 
 
 def test_ground_truth_is_ideal_and_biased_law_is_not():

@@ -14,7 +14,6 @@ pytest.importorskip("transformers")
 
 from fairsteer.bayes import log_joint  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
-from fairsteer.experiments.generation import repeat_rate, tiny_lm  # noqa: E402
 from fairsteer.torch.generation import (  # noqa: E402
     METHODS,
     GroupSteering,
@@ -24,6 +23,7 @@ from fairsteer.torch.generation import (  # noqa: E402
     fit_cells,
     steer_generation,
 )
+from fairsteer_experiments.generation import repeat_rate, tiny_lm  # noqa: E402
 
 LAYER = 1
 D = 16  # hidden size of the tiny model

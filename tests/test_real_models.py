@@ -26,7 +26,7 @@ SENTENCES = ["The person said she was tired .", "A person fixed the car ."]
     ("model", "dim", "pooling"), [("minilm", 384, "mean"), ("smollm2", 576, "last")]
 )
 def test_packaged_model_extraction(model, dim, pooling, tmp_path):
-    from fairsteer.torch.extract import encode, load_encoder
+    from fairsteer_experiments.models import encode, load_encoder
 
     reps = encode(SENTENCES, model=model, cache_dir=tmp_path, progress=False)
     assert reps.shape == (2, dim) and np.all(np.isfinite(reps))

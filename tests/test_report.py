@@ -22,7 +22,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
 def test_demo_report_renders_in_headless_chromium(tmp_path):
-    from fairsteer.experiments.demo import build_report, run_demo
+    from fairsteer_experiments.demo import build_report, run_demo
 
     build_report(
         [run_demo("univariate", seeds=(0,), n_train=1000, n_test=2000)], str(tmp_path / "demo.html")

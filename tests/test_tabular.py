@@ -11,11 +11,11 @@ pd = pytest.importorskip("pandas")
 
 from fairsteer.audit import audit  # noqa: E402
 from fairsteer.cli import main  # noqa: E402
-from fairsteer.data.tabular import load_tabular  # noqa: E402
 from fairsteer.errors import InputError  # noqa: E402
 from fairsteer.estimator import OptimalSteering  # noqa: E402
-from fairsteer.experiments.tabular import CLEAN_ROW, ROWS, inject_bias, run_tabular  # noqa: E402
 from fairsteer.fit import fit_model  # noqa: E402
+from fairsteer_experiments.data.tabular import load_tabular  # noqa: E402
+from fairsteer_experiments.tabular import CLEAN_ROW, ROWS, inject_bias, run_tabular  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_quantile_bins_reproduce_the_unweighted_booster(name):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import make_pipeline
 
-    from fairsteer.experiments._binning import QuantileBins
+    from fairsteer_experiments._binning import QuantileBins
 
     data = load_tabular(name)
     rng = np.random.default_rng(0)

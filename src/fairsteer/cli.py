@@ -14,23 +14,30 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
 from fairsteer import __version__
 from fairsteer.errors import InputError
+from fairsteer.io import check_output
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "plugins"]
 
-# Modules that add subcommands with ``add_parser(subparsers)``; optional worlds
-# (experiments need pandas, scikit-learn, ...) register only when importable.
-EXTENSIONS = (
-    "fairsteer.steer_cli",
-    "fairsteer.experiments.demo",
-    "fairsteer.experiments.cli",
-)
+# Built-in commands kept in their own module (``add_parser(subparsers)``).
+EXTENSIONS = ("fairsteer.steer_cli",)
+# Plugin commands: every entry point of this group names a function that takes
+# the subparsers and adds its commands (the experiments package registers
+# ``demo`` and ``experiment`` here). Plugins importable but not installed (a
+# source checkout run with PYTHONPATH) are named in the environment variable
+# instead, as comma-separated ``module:function`` (function default add_parser).
+PLUGIN_GROUP = "fairsteer.commands"
+PLUGIN_ENV = "FAIRSTEER_PLUGINS"
+# Commands that a plugin provides, named in the usage error when it is absent.
+PLUGIN_HINTS = {
+    "demo": "fairsteer-experiments",
+    "experiment": "fairsteer-experiments",
+}
 
 
 # Library messages name API arguments; on the command line the same fix is a flag.
@@ -47,7 +54,7 @@ def _data_help() -> str:
         return "CSV or Parquet file, read in chunks with pyarrow (memory bounded by a chunk)"
     return (
         "CSV file, read in chunks through the Python standard library (pyarrow is not "
-        "installed: several times slower, and Parquet needs it: pip install pyarrow)"
+        "installed: several times slower, and Parquet needs it: pip install 'fairsteer[io]')"
     )
 
 
@@ -67,6 +74,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print one line naming the problem and where to find the usage; exit 2."""
+        unknown = re.search(r"invalid choice: '([^']+)'", message)
+        if unknown and unknown.group(1) in PLUGIN_HINTS and self.prog == "fairsteer":
+            name, dist = unknown.group(1), PLUGIN_HINTS[unknown.group(1)]
+            self.exit(
+                2,
+                f"fairsteer: error: '{name}' is a command of the {dist} package, which is not "
+                f"installed: pip install -e ./experiments (in the fairsteer repository)\n",
+            )
         hint = f"see '{self.prog} --help'"
         self.exit(2, f"fairsteer: error: {' '.join(message.split())}; {hint}\n")
 
@@ -80,16 +95,6 @@ def seed_type(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {value}")
     return value
-
-
-def check_output(output: str | Path, *inputs: str | Path) -> None:
-    """Refuse an output path that is one of the inputs."""
-    out = Path(output).resolve()
-    for path in inputs:
-        if Path(path).resolve() == out:
-            raise InputError(f"refusing to overwrite the input {path}; choose another -o")
-    if not out.parent.is_dir():
-        raise InputError(f"output folder {out.parent} does not exist")
 
 
 @dataclass
@@ -415,6 +420,34 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def plugins() -> list[Callable[[Any], None]]:
+    """The ``add_parser`` functions of the plugin commands, each once.
+
+    From the entry points of :data:`PLUGIN_GROUP` (sorted by name), then from
+    the ``module:function`` list in the environment variable
+    :data:`PLUGIN_ENV`. A plugin whose module is not importable is skipped
+    (its commands are then unknown, and :data:`PLUGIN_HINTS` names the
+    package); any other import error is raised.
+    """
+    from importlib.metadata import entry_points
+
+    specs = [ep.value for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)]
+    specs += [v.strip() for v in os.environ.get(PLUGIN_ENV, "").split(",") if v.strip()]
+    found: list[Callable[[Any], None]] = []
+    for spec in specs:
+        module_name, _, attr = (part.strip() for part in spec.partition(":"))
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+                continue  # that plugin is not part of this installation
+            raise
+        add_parser = getattr(module, attr or "add_parser")
+        if add_parser not in found:
+            found.append(add_parser)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
     from fairsteer.significance import add_audit_arguments
@@ -460,13 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_solve)
 
     for name in EXTENSIONS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # that command is not part of this installation
-            raise
-        module.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
+    for add_parser in plugins():
+        add_parser(sub)
     return parser
 
 

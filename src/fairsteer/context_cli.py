@@ -100,7 +100,7 @@ def _fit(args: argparse.Namespace, reserved: tuple[str, ...] = ()) -> tuple[Any,
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """``fairsteer fit DATA --context COL ...``: write the context model JSON."""
-    from fairsteer.cli import check_output
+    from fairsteer.io import check_output
 
     check_output(args.output, args.data)
     _, model, rows = _fit(args)
@@ -163,9 +163,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     row order and count are kept, and the weight column pi~_y / pi[a, y] is
     added.
     """
-    from fairsteer.cli import check_output
     from fairsteer.context import solve_context, steer_context
-    from fairsteer.io import Table, write_table
+    from fairsteer.io import Table, check_output, write_table
 
     check_output(args.output, args.data)
     table, model, rows = _fit(args, reserved=(args.weight_column,))

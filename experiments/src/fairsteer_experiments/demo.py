@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from fairsteer.audit import audit, binary_gap_curves
-from fairsteer.baselines import gaussian_ot_between_groups, mean_matching, reweighing_weights
+from fairsteer import GaussianModel, audit, fit_model
+from fairsteer.audit import binary_gap_curves
+from fairsteer.baselines import reweighing_law, reweighing_weights
 from fairsteer.data.synthetic import GROUPS, case_study, sample_model
-from fairsteer.estimator import OptimalSteering
-from fairsteer.fit import fit_model
 from fairsteer.metrics import dp_gap, eo_gap
-from fairsteer.model import GaussianModel
 from fairsteer.solve.solution import objective
+from fairsteer_experiments.protocol import group_baselines, over_seeds, steer_ef, summarise_rows
+from fairsteer_experiments.runner import EXPERIMENTS, check_needs
 
-__all__ = ["METHODS", "add_parser", "format_table", "run_demo"]
+__all__ = ["METHODS", "build_report", "format_table", "register", "run_demo"]
 
 METHODS = (
     "Original",
@@ -76,26 +76,16 @@ def apply_methods(
 ) -> dict[str, Applied]:
     """Every method of the demo applied to one training sample."""
     out = {"Original": Applied(X, np.ones(len(y)), model)}
-    for name, method in (("EF-Affirmative", "affirmative"), ("EF-All-subgroups", "all-subgroups")):
-        est = OptimalSteering(method=method, covariance="shared", seed=seed)
-        Xs, _ = est.fit_resample(X, y, sensitive_features=g)
+    for name, est, Xs in steer_ef(X, y, g, seed=seed, covariance="shared"):
         out[name] = Applied(Xs, est.sample_weight_, est.solution_.ideal, solution=est.solution_)
-    for name, group_map in (
-        ("Mean matching", mean_matching(X, g)),
-        ("Gaussian OT (MiMiC)", gaussian_ot_between_groups(X, g, reference=GROUPS[0])),
-    ):
+    for name, group_map in group_baselines(X, g, reference=GROUPS[0]).items():
         out[name] = Applied(
             group_map.transform(X, g),
             np.ones(len(y)),
             group_map.transform_model(model),
             test_map=group_map.transform,
         )
-    w = reweighing_weights(y, g)
-    p_y = model.priors.sum(axis=0)
-    law = model.with_params(
-        model.group_weights[:, None] * p_y[None, :], model.means, model.covariances
-    )
-    out["Reweighing"] = Applied(X, w, law)
+    out["Reweighing"] = Applied(X, reweighing_weights(y, g), reweighing_law(model))
     return out
 
 
@@ -121,6 +111,30 @@ def _downstream(
     return out
 
 
+def _one_seed(
+    study: Any, seed: int, n_train: int, n_test: int
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Every method's row of one seed, and the fitted model and applied methods."""
+    rng = np.random.default_rng(seed)
+    X, y, g = sample_model(study.biased, n_train, rng)
+    test = sample_model(study.truth, n_test, rng)
+    model = fit_model(X, y, g, covariance="shared", group_labels=GROUPS)
+    applied = apply_methods(X, y, g, model, seed)
+    rows = {}
+    for name, app in applied.items():
+        rep = audit(app.law)
+        rows[name] = {
+            "bayes_error": rep.bayes_error,
+            "bayes_dp_half": rep.dp_gap_half,
+            "bayes_eo_half": rep.eo_gap_half,
+            "bayes_dp_sup": rep.dp_gap,
+            "bayes_eo_sup": rep.eo_gap,
+            "kl": max(objective(model, app.law)[0], 0.0),  # round-off of KL(P || P)
+            **_downstream(app, y, g, test),
+        }
+    return rows, {"model": model, "applied": applied}
+
+
 def run_demo(
     variant: str = "univariate",
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
@@ -129,39 +143,11 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the case study; returns per-seed rows, mean/std summaries and seed-0 laws."""
     study = case_study(variant)
-    per_seed: dict[str, list[dict[str, float]]] = {name: [] for name in METHODS}
-    first: dict[str, Any] = {}
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        X, y, g = sample_model(study.biased, n_train, rng)
-        test = sample_model(study.truth, n_test, rng)
-        model = fit_model(X, y, g, covariance="shared", group_labels=GROUPS)
-        applied = apply_methods(X, y, g, model, seed)
-        for name, app in applied.items():
-            rep = audit(app.law)
-            row = {
-                "bayes_error": rep.bayes_error,
-                "bayes_dp_half": rep.dp_gap_half,
-                "bayes_eo_half": rep.eo_gap_half,
-                "bayes_dp_sup": rep.dp_gap,
-                "bayes_eo_sup": rep.eo_gap,
-                "kl": max(objective(model, app.law)[0], 0.0),  # round-off of KL(P || P)
-                **_downstream(app, y, g, test),
-            }
-            per_seed[name].append(row)
-        if not first:
-            first = {"model": model, "applied": applied}
-    summary = {
-        name: {
-            # + 0.0 turns a -0.0 mean (KL of an unchanged law) into 0.0
-            key: {
-                "mean": float(np.mean([r[key] for r in rows])) + 0.0,
-                "std": float(np.std([r[key] for r in rows])),
-            }
-            for key, _ in COLUMNS
-        }
-        for name, rows in per_seed.items()
-    }
+    runs = over_seeds(seeds, lambda seed: _one_seed(study, seed, n_train, n_test))
+    per_seed = {name: [rows[name] for rows, _ in runs] for name in METHODS}
+    keys = [k for k, _ in COLUMNS]
+    summary = {name: summarise_rows(rows, keys) for name, rows in per_seed.items()}
+    first = runs[0][1]
     return {
         "variant": variant,
         "seeds": list(seeds),
@@ -201,7 +187,7 @@ def _markdown(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def build_report(results: list[dict[str, Any]], path: str) -> None:
     """The demo's HTML report (table, gap-vs-cost curves, densities, KL per cell)."""
-    from fairsteer.report import Report, figure
+    from fairsteer.report import Report
 
     rep = Report(
         "fairsteer demo: bias in, bias out",
@@ -219,17 +205,8 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
             "logistic regression with the group as input; blind: without it."
         )
         rep.add_table(*_markdown(res))
-        costs = np.linspace(0.01, 0.99, 197)
-        fig, ax = figure(10, 3.4, ncols=2)
-        for name, app in first["applied"].items():
-            curves = binary_gap_curves(app.law, costs)
-            ax[0, 0].plot(costs, curves["dp"], label=name, color=colors[name])
-            ax[0, 1].plot(costs, curves["eo"], label=name, color=colors[name])
-        for k, title in enumerate(("DP gap of h_c", "EO gap of h_c")):
-            ax[0, k].set(xlabel="cost c of a false positive", title=title, ylim=(-0.02, None))
-        ax[0, 1].legend(fontsize=7)
         rep.add_figure(
-            fig,
+            _gap_figure(first, colors),
             "Fairness gap of the Bayes classifier versus cost (seed "
             f"{res['seeds'][0]}). EF rows are identically zero.",
         )
@@ -239,19 +216,42 @@ def build_report(results: list[dict[str, Any]], path: str) -> None:
             "biased fit (dashed), EF-Affirmative steered law (solid), unbiased truth "
             "(dotted). Multivariate: projected on the truth's discriminant direction.",
         )
-        fig, ax = figure(7, 2.8)
-        labels, width = [], 0.35
-        for k, name in enumerate(("EF-Affirmative", "EF-All-subgroups")):
-            cell_kl = first["applied"][name].solution.cell_kl
-            labels = [f"{grp[:4]}., y={i}" for grp in GROUPS for i in (0, 1)]
-            ax[0, 0].bar(
-                np.arange(4) + k * width, cell_kl.ravel(), width, label=name, color=colors[name]
-            )
-        ax[0, 0].set_xticks(np.arange(4) + width / 2, labels)
-        ax[0, 0].set(ylabel="KL (nats)", title="KL per (group, class) cell")
-        ax[0, 0].legend(fontsize=8)
-        rep.add_figure(fig, "Where the steering moves probability mass.")
+        rep.add_figure(_cell_kl_figure(first, colors), "Where the steering moves probability mass.")
     rep.write(path)
+
+
+def _gap_figure(first: dict[str, Any], colors: dict[str, str]) -> Any:
+    """DP and EO gaps of the Bayes classifier h_c of every method's law versus the cost c."""
+    from fairsteer.report import figure
+
+    costs = np.linspace(0.01, 0.99, 197)
+    fig, ax = figure(10, 3.4, ncols=2)
+    for name, app in first["applied"].items():
+        curves = binary_gap_curves(app.law, costs)
+        ax[0, 0].plot(costs, curves["dp"], label=name, color=colors[name])
+        ax[0, 1].plot(costs, curves["eo"], label=name, color=colors[name])
+    for k, title in enumerate(("DP gap of h_c", "EO gap of h_c")):
+        ax[0, k].set(xlabel="cost c of a false positive", title=title, ylim=(-0.02, None))
+    ax[0, 1].legend(fontsize=7)
+    return fig
+
+
+def _cell_kl_figure(first: dict[str, Any], colors: dict[str, str]) -> Any:
+    """KL per (group, class) cell of the two EF solutions."""
+    from fairsteer.report import figure
+
+    fig, ax = figure(7, 2.8)
+    labels, width = [], 0.35
+    for k, name in enumerate(("EF-Affirmative", "EF-All-subgroups")):
+        cell_kl = first["applied"][name].solution.cell_kl
+        labels = [f"{grp[:4]}., y={i}" for grp in GROUPS for i in (0, 1)]
+        ax[0, 0].bar(
+            np.arange(4) + k * width, cell_kl.ravel(), width, label=name, color=colors[name]
+        )
+    ax[0, 0].set_xticks(np.arange(4) + width / 2, labels)
+    ax[0, 0].set(ylabel="KL (nats)", title="KL per (group, class) cell")
+    ax[0, 0].legend(fontsize=8)
+    return fig
 
 
 def _density_figure(study: Any, first: dict[str, Any]) -> Any:
@@ -290,8 +290,9 @@ def _public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fairsteer.cli import check_output
+    from fairsteer.io import check_output
 
+    check_needs("fairsteer demo", [EXPERIMENTS])
     check_output(args.report)
     variants = ("univariate", "multivariate") if args.variant == "both" else (args.variant,)
     start = time.perf_counter()
@@ -308,7 +309,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     """Register ``demo`` on the CLI's subparsers."""
     p = sub.add_parser(
         "demo",

@@ -1,1 +1,0 @@
-"""Experiments: thin scripts over the library (demo, tabular, representations)."""
