@@ -547,3 +547,18 @@ def test_a_null_that_cannot_fill_every_cell_raises_input_error():
     X, y, g = draw_rows(biased_model(d=1, separation=(3.0, 3.0)), counts, np.random.default_rng(2))
     with pytest.raises(InputError, match="null cannot be drawn"):
         audit_data(X, y, g, n_bootstrap=5, covariance="shared", intervals=False)
+
+
+def test_cli_family_by_column(tmp_path, capsys):
+    """--family COLUMN=FAMILY as `fairsteer fit` takes it; the summary names the families."""
+    data = tmp_path / "d.csv"
+    X, y, g = write_csv(data, biased_model(d=2), 100, 26)
+    args = ("audit", data, "--group", "sex", "--label", "label", "--bootstrap", "10")
+    code, out, err = run(capsys, *args, "--family", "x1=yeo-johnson")
+    assert code == 0 and err == ""
+    assert "per-feature (yeo-johnson, normal) family" in out
+    code, out, _ = run(capsys, *args, "--family", "x1=yeo-johnson", "--json")
+    direct = audit_data(
+        X, y.astype(str), g, n_bootstrap=10, family=["x1=yeo-johnson"], features=["x1", "x2"]
+    )
+    assert json.loads(out)["p_value"] == direct.p_value

@@ -209,9 +209,13 @@ class DataAudit:
 
 
 def _family_text(family: Any) -> str:
+    """The family names of a ``Families.to_json()`` value (parameters left out)."""
     if isinstance(family, str):
         return family
-    return "per-feature " + json.dumps(family)
+    if isinstance(family, dict):
+        return str(family.get("name", family))
+    names = [_family_text(f) for f in family]
+    return names[0] if len(set(names)) == 1 else "per-feature (" + ", ".join(names) + ")"
 
 
 def _verdict(p: float) -> str:
@@ -588,8 +592,8 @@ def add_audit_arguments(parser: Any) -> None:
         "--family",
         nargs="+",
         metavar="FAMILY",
-        help="data mode: a family (normal, lognormal, ...); one for all features or one "
-        "per feature",
+        help="data mode: a family (normal, lognormal, ...) for all features, one per "
+        "feature, or COLUMN=FAMILY pairs",
     )
     p.add_argument(
         "--covariance", choices=["per-class", "shared"], help="data mode (default per-class)"
@@ -671,7 +675,7 @@ def audit_data_command(args: Any) -> int:
         n_bootstrap=200 if args.bootstrap is None else args.bootstrap,
         level=0.95 if args.level is None else args.level,
         seed=args.seed,
-        family=family[0] if len(family) == 1 else tuple(family),
+        family=family[0] if len(family) == 1 and "=" not in family[0] else list(family),
         covariance=args.covariance or "per-class",
         shrinkage=_shrinkage(args.shrinkage),
         features=features,
