@@ -284,7 +284,9 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
         codes = groups.sorted_codes(g) if family.group_dependent else None
         Z = family.forward(X, codes, features)
         span.update(Z)
-        part = cell_statistics_from_codes(Z, g, c, groups.labels, classes.labels)
+        part = cell_statistics_from_codes(
+            Z, g, c, groups.labels, classes.labels, pooled=args.covariance == "shared"
+        )
         with np.errstate(all="ignore"):  # out-of-range values: FeatureRange names them
             stats = part if stats is None else stats.merge(part)
         n_rows += chunk.n_rows
