@@ -268,3 +268,43 @@ def test_bug_experiment_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert 0.0 <= pred["group_accuracy"][0] <= 1.0
     with pytest.raises(InputError, match="group source"):
         run_bug(**{**kw, "group_source": "oracle"})
+
+
+def test_sharded_extraction_resumes_and_fits_like_one_array(tmp_path):
+    from fairsteer.fit import fit_model
+    from fairsteer.torch.extract import encode as encode_states
+    from fairsteer.torch.extract import encode_shards, fit_shards
+
+    loads = []
+    tok, model = WordTokenizer(), tiny_bert()
+
+    def loader():
+        loads.append(1)
+        return tok, model
+
+    sents = sentences(50, seed=3)
+    kw = dict(encoder=loader, name="tiny", out_dir=tmp_path, shard_size=16, progress=False)
+    paths = encode_shards(sents, **kw)
+    assert len(paths) == 4 and all(p.exists() for p in paths) and len(loads) == 1
+    paths[2].unlink()  # an interrupted run: one shard missing
+    again = encode_shards(sents, **kw)
+    assert again == paths and len(loads) == 2  # only the missing shard was encoded
+    assert len(list(tmp_path.glob("*.npy"))) == 4 and not list(tmp_path.glob("*.tmp*"))
+    whole = encode_states(sents, encoder=(tok, model), name="tiny", cache_dir=None, progress=False)
+    stacked = np.concatenate([np.load(p) for p in paths])
+    # the same float32 network on the same padded batches of <= 16 sentences vs 50:
+    # padding widths differ, so attention round-off ~1e-6
+    np.testing.assert_allclose(stacked, whole, atol=1e-5)
+    rng = np.random.default_rng(0)
+    y, g = rng.integers(0, 2, 50), np.array(["f", "m"])[rng.integers(0, 2, 50)]
+    y[:4], g[:4] = [0, 1, 0, 1], ["f", "f", "m", "m"]
+    sharded = fit_shards(paths, y, g, covariance="shared", shrinkage="oas")
+    one = fit_model(stacked.astype(np.float64), y, g, covariance="shared", shrinkage="oas")
+    # exact merges of the same float64 rows: round-off of sums of 50 terms
+    np.testing.assert_allclose(sharded.covariances, one.covariances, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sharded.means, one.means, rtol=1e-12, atol=1e-12)
+    assert sharded.groups == one.groups and sharded.classes == one.classes
+    with pytest.raises(InputError, match=r"shards hold more rows than labels \(49\)"):
+        fit_shards(paths, y[:49], g[:49])
+    with pytest.raises(InputError, match="shards hold 50 rows but 51 labels"):
+        fit_shards(paths, np.append(y, 0), np.append(g, "f"))

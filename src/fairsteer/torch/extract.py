@@ -23,7 +23,7 @@ import torch
 
 from fairsteer.errors import InputError
 
-__all__ = ["POOLINGS", "encode", "pool"]
+__all__ = ["POOLINGS", "encode", "encode_shards", "fit_shards", "pool"]
 
 POOLINGS = ("mean", "last")
 
@@ -118,3 +118,107 @@ def encode(
         np.save(tmp, reps)
         os.replace(tmp, path)
     return reps
+
+
+def encode_shards(
+    sentences: Sequence[str],
+    *,
+    encoder: tuple[Any, Any] | Callable[[], tuple[Any, Any]],
+    name: str,
+    out_dir: str | os.PathLike[str],
+    shard_size: int = 10_000,
+    layer: int = -1,
+    pooling: str = "mean",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> list[Path]:
+    """Pooled hidden states of many sentences, written as shards; resumable.
+
+    The sentences are cut into consecutive shards of ``shard_size``; each is
+    encoded by :func:`encode` into ``out_dir`` (one ``.npy`` file per shard,
+    written atomically, named by a hash of its own sentences, layer and
+    pooling). A rerun after an interruption finds the finished shards and
+    encodes only the missing ones; the encoder is loaded at most once, and
+    only if a shard is missing.
+
+    Returns
+    -------
+    list of Path
+        The shard files in sentence order (feed them to :func:`fit_shards`).
+    """
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise InputError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
+    loaded: list[tuple[Any, Any]] = []
+
+    def load_once() -> tuple[Any, Any]:
+        if not loaded:
+            loaded.append(encoder() if callable(encoder) else encoder)
+        return loaded[0]
+
+    paths = []
+    for lo in range(0, len(sentences), shard_size):
+        part = sentences[lo : lo + shard_size]
+        encode(
+            part,
+            encoder=load_once,
+            name=name,
+            layer=layer,
+            pooling=pooling,
+            batch_size=batch_size,
+            cache_dir=out_dir,
+            progress=progress,
+        )
+        key = _key(name, layer, pooling, part)
+        paths.append(Path(out_dir) / f"{name}-L{layer}-{pooling}-{key}.npy")
+    return paths
+
+
+def fit_shards(
+    paths: Sequence[str | os.PathLike[str]],
+    y: Sequence[Any],
+    groups: Sequence[Any],
+    **fit_options: Any,
+) -> Any:
+    """The model of representations stored as shards, one shard in memory at a time.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        ``.npy`` shards of (rows, d) representations, in the order of ``y``.
+    y, groups : sequence
+        Class and group label of every row of all shards together.
+    **fit_options
+        ``covariance``, ``shrinkage``, ``features`` of
+        :class:`fairsteer.fit.Fitter` (normal family).
+
+    Returns
+    -------
+    GaussianModel
+        Equal to ``fit_model`` of the concatenated shards to round-off (the
+        statistics merge exactly); labels in sorted order.
+    """
+    from fairsteer.fit import Fitter
+    from fairsteer.stats import encode_labels
+
+    y_arr, g_arr = np.asarray(y), np.asarray(groups)
+    if y_arr.shape != g_arr.shape or y_arr.ndim != 1:
+        raise InputError("y and groups need one label each per row of the shards")
+    fitter = Fitter(
+        group_labels=encode_labels(g_arr, None, "group")[0],
+        class_labels=encode_labels(y_arr, None, "class")[0],
+        **fit_options,
+    )
+    start = 0
+    for path in paths:
+        try:
+            X = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read shard {path}: {exc}") from None
+        stop = start + X.shape[0]
+        if stop > y_arr.size:
+            raise InputError(f"the shards hold more rows than labels ({y_arr.size})")
+        fitter.update(np.asarray(X, dtype=np.float64), y_arr[start:stop], g_arr[start:stop])
+        start = stop
+    if start != y_arr.size:
+        raise InputError(f"the shards hold {start} rows but {y_arr.size} labels were given")
+    return fitter.model()
