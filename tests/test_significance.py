@@ -476,7 +476,7 @@ def test_cli_audits_data_end_to_end(tmp_path, capsys):
         (["--bootstrap", "0"], "--bootstrap must be at least 1"),
         (["--level", "1.5"], "--level must lie strictly between 0 and 1"),
         (["--level", "abc"], "argument --level"),
-        (["--shrinkage", "lots"], "--shrinkage must be a number"),
+        (["--shrinkage", "lots"], "--shrinkage: shrinkage must be a number"),
         (["--features", "nope"], "unknown column 'nope'"),
     ],
 )

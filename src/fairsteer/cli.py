@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from fairsteer import __version__
 from fairsteer.errors import InputError
 from fairsteer.io import check_output
+from fairsteer.options import parse_shrinkage, shrinkage_argument
 
 __all__ = ["build_parser", "main", "plugins"]
 
@@ -241,7 +242,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     from fairsteer.io import LabelCoder, open_table
     from fairsteer.stats import FeatureRange, cell_statistics_from_codes
 
-    shrinkage = _shrinkage(args.shrinkage)
+    shrinkage = parse_shrinkage(args.shrinkage)
     source = open_table(args.data)
     source.require([args.group, args.label])
     for name in args.features or ():
@@ -334,7 +335,10 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--covariance", choices=["per-class", "shared"], default="per-class")
     p.add_argument(
-        "--shrinkage", default=None, help="covariance shrinkage: a number in [0, 1] or 'oas'"
+        "--shrinkage",
+        type=shrinkage_argument,
+        default=None,
+        help="covariance shrinkage: a number in [0, 1] or 'oas'",
     )
     from fairsteer.context_cli import add_context_arguments
 
@@ -350,17 +354,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, metavar="N", help="--engine dask: a local cluster of N processes"
     )
-
-
-def _shrinkage(value: str | None) -> float | str | None:
-    if value is None or value == "oas":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(
-            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
-        ) from None
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fairsteer.errors import InputError
+from fairsteer.options import parse_shrinkage
 
 __all__ = ["add_context_arguments", "cmd_fit", "cmd_solve", "cmd_steer", "is_context_model"]
 
@@ -42,17 +43,6 @@ def add_context_arguments(p: argparse.ArgumentParser) -> None:
         help="with --context: fewest rows per (group, level, class) cell (default: "
         "features + 1 for per-class covariances, 1 for shared)",
     )
-
-
-def _shrinkage(value: str | None) -> float | str | None:
-    if value is None or value == "oas":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(
-            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
-        ) from None
 
 
 def _fit(args: argparse.Namespace, reserved: tuple[str, ...] = ()) -> tuple[Any, Any, dict]:
@@ -90,7 +80,7 @@ def _fit(args: argparse.Namespace, reserved: tuple[str, ...] = ()) -> tuple[Any,
         context_names=context,
         family=family,
         covariance=args.covariance,
-        shrinkage=_shrinkage(args.shrinkage),
+        shrinkage=parse_shrinkage(args.shrinkage),
         features=features,
         min_count=args.min_count,
         merge_rare=args.merge_rare,

@@ -21,6 +21,8 @@ __all__ = [
     "SolverOptions",
     "check_choice",
     "check_shrinkage",
+    "parse_shrinkage",
+    "shrinkage_argument",
 ]
 
 #: Covariance structures: one covariance per (group, class) cell, or per group (LDA).
@@ -55,6 +57,27 @@ def check_shrinkage(shrinkage: Any) -> float | str | None:
     if not 0.0 <= s <= 1.0:
         raise InputError(f"shrinkage must lie in [0, 1], got {s}")
     return s
+
+
+def parse_shrinkage(text: str | None) -> float | str | None:
+    """Shrinkage given as text (``None``, ``"oas"`` or a number in [0, 1]), checked."""
+    if text is None or text == "oas":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"shrinkage must be a number in [0, 1] or 'oas', got {text!r}") from None
+    return check_shrinkage(value)
+
+
+def shrinkage_argument(text: str) -> float | str | None:
+    """:func:`parse_shrinkage` as an argparse ``type`` (the parser names the flag)."""
+    import argparse
+
+    try:
+        return parse_shrinkage(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclass(frozen=True)

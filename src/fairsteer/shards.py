@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fairsteer.errors import InputError
+from fairsteer.options import parse_shrinkage
 from fairsteer.stats import CellStats, FeatureRange
 
 __all__ = ["ENGINES", "fit_command", "shard_paths", "steer_command", "use_shards"]
@@ -474,17 +475,6 @@ def _families(family: Sequence[str], d: int) -> Any:
     return out
 
 
-def _shrinkage(value: str | None) -> float | str | None:
-    if value is None or value == "oas":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(
-            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
-        ) from None
-
-
 def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Layout, Any]:
     """Columns, features and family, from the first shard (its first chunk for the features)."""
     from fairsteer.io import open_table
@@ -548,7 +538,7 @@ def _fit(args: Any, shards: list[Path], run: Any, reserved: Sequence[str] = ()) 
         Partial(stats, total.partial.span),
         family=family,
         covariance=args.covariance,
-        shrinkage=_shrinkage(args.shrinkage),
+        shrinkage=parse_shrinkage(args.shrinkage),
         features=layout.features,
         group_labels=None,
         class_labels=None,

@@ -58,6 +58,7 @@ from fairsteer.audit import Audit, audit
 from fairsteer.errors import InputError
 from fairsteer.fit import fit_model, model_from_stats
 from fairsteer.model import GaussianModel
+from fairsteer.options import parse_shrinkage, shrinkage_argument
 from fairsteer.stats import CellStats, cell_statistics_from_codes, encode_labels
 
 __all__ = ["DataAudit", "audit_data", "sample_cell_statistics"]
@@ -599,7 +600,9 @@ def add_audit_arguments(parser: Any) -> None:
         "--covariance", choices=["per-class", "shared"], help="data mode (default per-class)"
     )
     p.add_argument(
-        "--shrinkage", help="data mode: covariance shrinkage, a number in [0, 1] or 'oas'"
+        "--shrinkage",
+        type=shrinkage_argument,
+        help="data mode: covariance shrinkage, a number in [0, 1] or 'oas'",
     )
     p.add_argument(
         "--bootstrap",
@@ -677,7 +680,7 @@ def audit_data_command(args: Any) -> int:
         seed=args.seed,
         family=family[0] if len(family) == 1 and "=" not in family[0] else list(family),
         covariance=args.covariance or "per-class",
-        shrinkage=_shrinkage(args.shrinkage),
+        shrinkage=parse_shrinkage(args.shrinkage),
         features=features,
     )
     if args.json:
@@ -685,14 +688,3 @@ def audit_data_command(args: Any) -> int:
     else:
         print(result.summary())
     return 0
-
-
-def _shrinkage(value: str | None) -> float | str | None:
-    if value is None or value == "oas":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise InputError(
-            f"--shrinkage must be a number in [0, 1] or 'oas', got {value!r}"
-        ) from None
