@@ -320,6 +320,53 @@ def _merge_rare(
     return counts, members
 
 
+def _check_min_count(
+    counts: NDArray[np.int64],
+    members: Sequence[Sequence[tuple[str, ...]]],
+    min_count: int,
+    merge_rare: bool,
+    group_names: Sequence[Hashable],
+    class_names: Sequence[Hashable],
+) -> None:
+    """Raise :class:`InputError` naming the first (group, level, class) cell below ``min_count``."""
+    if counts.min() >= min_count:
+        return
+    a, c, i = (int(v) for v in np.argwhere(counts < min_count)[0])
+    name = _level_name(members[c])
+    hint = (
+        "even with every level merged into one; drop that group or class"
+        if merge_rare
+        else "merge it with another level (merge_rare=True / --merge-rare merges the rarest "
+        "levels), drop those rows, or use covariance='shared'"
+    )
+    raise InputError(
+        f"context level {name!r} has {counts[a, c, i]} row(s) in cell (group "
+        f"{group_names[a]!r}, class {class_names[i]!r}), fewer than min_count={min_count}; "
+        f"{hint}"
+    )
+
+
+def _fit_levels(
+    X: Array,
+    g: NDArray[np.intp],
+    yc: NDArray[np.intp],
+    level: NDArray[np.intp],
+    members: Sequence[Sequence[tuple[str, ...]]],
+    fit_options: dict[str, Any],
+) -> list[GaussianModel]:
+    """:func:`fairsteer.fit_model` on the rows of every level; an error names the level."""
+    group_arr = np.asarray(fit_options["group_labels"], dtype=object)[g]
+    class_arr = np.asarray(fit_options["class_labels"], dtype=object)[yc]
+    cells = []
+    for c, ms in enumerate(members):
+        rows = level == c
+        try:
+            cells.append(fit_model(X[rows], class_arr[rows], group_arr[rows], **fit_options))
+        except InputError as exc:
+            raise InputError(f"context level {_level_name(ms)!r}: {exc}") from None
+    return cells
+
+
 def fit_context_model(
     X: ArrayLike,
     y: ArrayLike,
@@ -385,49 +432,23 @@ def fit_context_model(
     uniq = sorted(set(combos))
     code = {u: j for j, u in enumerate(uniq)}
     raw = np.array([code[u] for u in combos], dtype=np.intp)
-    m, K = len(group_names), len(class_names)
-    counts = np.zeros((m, len(uniq), K), dtype=np.int64)
+    counts = np.zeros((len(group_names), len(uniq), len(class_names)), dtype=np.int64)
     np.add.at(counts, (g, raw, yc), 1)
     members = [[u] for u in uniq]
     if merge_rare:
         counts, members = _merge_rare(counts, members, int(min_count))
-    if counts.min() < min_count:
-        a, c, i = (int(v) for v in np.argwhere(counts < min_count)[0])
-        name = _level_name(members[c])
-        hint = (
-            "even with every level merged into one; drop that group or class"
-            if merge_rare
-            else "merge it with another level (merge_rare=True / --merge-rare merges the rarest "
-            "levels), drop those rows, or use covariance='shared'"
-        )
-        raise InputError(
-            f"context level {name!r} has {counts[a, c, i]} row(s) in cell (group "
-            f"{group_names[a]!r}, class {class_names[i]!r}), fewer than min_count={min_count}; "
-            f"{hint}"
-        )
+    _check_min_count(counts, members, min_count, merge_rare, group_names, class_names)
     lookup = {u: c for c, ms in enumerate(members) for u in ms}
     level = np.array([lookup[u] for u in combos], dtype=np.intp)
-    group_arr = np.asarray(group_names, dtype=object)[g]
-    class_arr = np.asarray(class_names, dtype=object)[yc]
-    cells = []
-    for c, ms in enumerate(members):
-        rows = level == c
-        try:
-            cells.append(
-                fit_model(
-                    X[rows],
-                    class_arr[rows],
-                    group_arr[rows],
-                    family=family,
-                    covariance=covariance,
-                    shrinkage=shrinkage,
-                    features=features,
-                    group_labels=group_names,
-                    class_labels=class_names,
-                )
-            )
-        except InputError as exc:
-            raise InputError(f"context level {_level_name(ms)!r}: {exc}") from None
+    fit_options = {
+        "family": family,
+        "covariance": covariance,
+        "shrinkage": shrinkage,
+        "features": features,
+        "group_labels": group_names,
+        "class_labels": class_names,
+    }
+    cells = _fit_levels(X, g, yc, level, members, fit_options)
     return ContextModel(
         joint=counts / n,
         cells=tuple(cells),
@@ -926,6 +947,112 @@ class SteeredContext:
     uncorrected: list[tuple[Hashable, str, Hashable]]
 
 
+def _redraw_levels(
+    lv: NDArray[np.intp],
+    g: NDArray[np.intp],
+    yc: NDArray[np.intp],
+    Q: Array,
+    m: int,
+    rng: np.random.Generator,
+) -> NDArray[np.intp]:
+    """Step 1 of :func:`steer_context`: every row's level after the maximal coupling.
+
+    Within each (group, class), the rows of a level above its largest-remainder
+    target (of ``n_ay Q[:, y]``) move, chosen at random, to the levels below theirs.
+    """
+    L, K = Q.shape
+    new = lv.copy()
+    for a in range(m):
+        for i in range(K):
+            rows = np.flatnonzero((g == a) & (yc == i))
+            if rows.size == 0:
+                continue
+            have = np.bincount(lv[rows], minlength=L)
+            want = largest_remainder(rows.size, Q[:, i])
+            movers = []
+            for c in np.flatnonzero(have > want):
+                at_c = rows[lv[rows] == c]
+                movers.append(rng.choice(at_c, size=have[c] - want[c], replace=False))
+            if movers:
+                moving = rng.permutation(np.concatenate(movers))
+                slots = np.repeat(np.arange(L), np.maximum(want - have, 0))
+                new[moving] = slots
+    return new
+
+
+def _map_moved_rows(
+    model: ContextModel,
+    solution: ContextSolution,
+    Z: Array,
+    lv: NDArray[np.intp],
+    new: NDArray[np.intp],
+    g: NDArray[np.intp],
+    yc: NDArray[np.intp],
+) -> Array:
+    r"""Step 2 of :func:`steer_context`: the OT map from F[a,c,y] to F~[a,c',y] on each row.
+
+    ``Z`` is on the Gaussian scale; a row from level c to level c' gets
+    :math:`\tilde\mu + A (z - \mu)` with :math:`A S A = \tilde S` (:ref:`theory-5`).
+    """
+    from fairsteer.maps import SteeringMaps
+
+    m, L, K = model.joint.shape
+    out = np.empty_like(Z)
+    for c in range(L):
+        for c2 in range(L):
+            sel = (lv == c) & (new == c2)
+            if not sel.any():
+                continue
+            maps = SteeringMaps.from_models(model.cells[c], solution.ideal.cells[c2])
+            src, dst = model.cells[c], solution.ideal.cells[c2]
+            for a in range(m):
+                for i in range(K):
+                    rows = np.flatnonzero(sel & (g == a) & (yc == i))
+                    if rows.size:
+                        out[rows] = dst.means[a, i] + (Z[rows] - src.means[a, i]) @ maps.A[a, i].T
+    return out
+
+
+def _correct_cell_moments(
+    model: ContextModel,
+    solution: ContextSolution,
+    out: Array,
+    new: NDArray[np.intp],
+    g: NDArray[np.intp],
+    yc: NDArray[np.intp],
+) -> list[tuple[Hashable, str, Hashable]]:
+    """Step 3 of :func:`steer_context`: give every target cell the ideal moments exactly.
+
+    Maps the rows of each (a, c', y) cell of ``out`` in place by the OT map
+    from their sample mean and covariance to F~[a,c',y]. Returns the cells
+    left as they were (fewer than d + 1 rows, or a singular covariance).
+    """
+    from fairsteer.linalg import gaussian_ot_matrix
+
+    m, L, K = model.joint.shape
+    d = out.shape[1]
+    uncorrected = []
+    for c in range(L):
+        dst = solution.ideal.cells[c]
+        for a in range(m):
+            for i in range(K):
+                rows = np.flatnonzero((new == c) & (g == a) & (yc == i))
+                if rows.size <= d:
+                    if rows.size:
+                        uncorrected.append((model.groups[a], model.levels[c], model.classes[i]))
+                    continue
+                mean = out[rows].mean(axis=0)
+                dev = out[rows] - mean
+                cov = dev.T @ dev / rows.size
+                try:
+                    A = gaussian_ot_matrix(cov, dst.covariances[a, i])
+                except InputError:
+                    uncorrected.append((model.groups[a], model.levels[c], model.classes[i]))
+                    continue
+                out[rows] = dst.means[a, i] + dev @ A.T
+    return uncorrected
+
+
 def steer_context(
     model: ContextModel,
     solution: ContextSolution,
@@ -966,14 +1093,11 @@ def steer_context(
     Gaussian OT maps: G. Peyre and M. Cuturi, *Computational Optimal
     Transport*, 2019, Remark 2.31.
     """
-    from fairsteer.linalg import gaussian_ot_matrix
-    from fairsteer.maps import SteeringMaps
-
     _same_layout(model, solution.ideal)
     first = model.cells[0]
     g = encode_labels(groups, model.groups, "group")[1]
     Z = first.to_gaussian_scale(X, g)
-    n, d = Z.shape
+    n = Z.shape[0]
     yc = encode_labels(y, model.classes, "class")[1]
     lv = model.level_codes(context)
     if g.size != n or yc.size != n or lv.size != n:
@@ -981,57 +1105,9 @@ def steer_context(
             f"X has {n} rows but groups have {g.size}, y {yc.size} and context {lv.size}"
         )
     rng = np.random.default_rng(seed)
-    m, L, K = model.joint.shape
-    Q = solution.level_priors
-    new = lv.copy()
-    for a in range(m):
-        for i in range(K):
-            rows = np.flatnonzero((g == a) & (yc == i))
-            if rows.size == 0:
-                continue
-            have = np.bincount(lv[rows], minlength=L)
-            want = largest_remainder(rows.size, Q[:, i])
-            movers = []
-            for c in np.flatnonzero(have > want):
-                at_c = rows[lv[rows] == c]
-                movers.append(rng.choice(at_c, size=have[c] - want[c], replace=False))
-            if movers:
-                moving = rng.permutation(np.concatenate(movers))
-                slots = np.repeat(np.arange(L), np.maximum(want - have, 0))
-                new[moving] = slots
-    out = np.empty_like(Z)
-    for c in range(L):
-        for c2 in range(L):
-            sel = (lv == c) & (new == c2)
-            if not sel.any():
-                continue
-            maps = SteeringMaps.from_models(model.cells[c], solution.ideal.cells[c2])
-            src, dst = model.cells[c], solution.ideal.cells[c2]
-            for a in range(m):
-                for i in range(K):
-                    rows = np.flatnonzero(sel & (g == a) & (yc == i))
-                    if rows.size:
-                        out[rows] = dst.means[a, i] + (Z[rows] - src.means[a, i]) @ maps.A[a, i].T
-    uncorrected = []
-    if exact:
-        for c in range(L):
-            dst = solution.ideal.cells[c]
-            for a in range(m):
-                for i in range(K):
-                    rows = np.flatnonzero((new == c) & (g == a) & (yc == i))
-                    if rows.size <= d:
-                        if rows.size:
-                            uncorrected.append((model.groups[a], model.levels[c], model.classes[i]))
-                        continue
-                    mean = out[rows].mean(axis=0)
-                    dev = out[rows] - mean
-                    cov = dev.T @ dev / rows.size
-                    try:
-                        A = gaussian_ot_matrix(cov, dst.covariances[a, i])
-                    except InputError:
-                        uncorrected.append((model.groups[a], model.levels[c], model.classes[i]))
-                        continue
-                    out[rows] = dst.means[a, i] + dev @ A.T
+    new = _redraw_levels(lv, g, yc, solution.level_priors, model.joint.shape[0], rng)
+    out = _map_moved_rows(model, solution, Z, lv, new, g, yc)
+    uncorrected = _correct_cell_moments(model, solution, out, new, g, yc) if exact else []
     ratio = solution.class_priors[None, :] / model.class_priors
     return SteeredContext(
         X=first.from_gaussian_scale(out, g),

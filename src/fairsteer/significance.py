@@ -90,6 +90,8 @@ MIN_CELL_ROWS = 5
 # Class-count draws of one null data set before giving up: a cell that gets
 # MIN_CELL_ROWS rows with probability below ~1/1000 makes the null meaningless.
 MAX_REDRAWS = 1000
+# The two bootstrap parts, in the order they run and report.
+_PARTS = ("intervals", "test")
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,211 @@ def _check_cells(counts: Array, groups: Sequence[Hashable], classes: Sequence[Ha
         )
 
 
+# ------------------------------------------------------------ the steps
+
+
+@dataclass
+class _PointFit:
+    """The fit on all rows, with the coded rows and cell sizes the replicates reuse."""
+
+    model: GaussianModel
+    Z: Array  # rows on the Gaussian scale
+    gcodes: NDArray[np.intp]
+    ccodes: NDArray[np.intp]
+    counts: Array  # (m, K) rows per cell
+    covariance: str
+    shrinkage: float | str | None
+    features: Sequence[str] | None
+
+    def cell_rows(self) -> list[NDArray[np.intp]]:
+        """The row indices of every (group, class) cell, cells in row-major (group, class) order."""
+        code = self.gcodes * self.model.n_classes + self.ccodes
+        order = np.argsort(code, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(self.counts.ravel()).astype(np.intp)])
+        return [order[bounds[c] : bounds[c + 1]] for c in range(self.counts.size)]
+
+    def refit(self, stats: CellStats) -> GaussianModel:
+        """Refit from replicate statistics with the options (and family) of the point fit."""
+        return model_from_stats(
+            stats,
+            covariance=self.covariance,
+            shrinkage=self.shrinkage,
+            family=self.model.family,
+            features=self.features,
+        )
+
+
+@dataclass
+class _Replicates:
+    """What one bootstrap part (intervals or test) reports besides its values."""
+
+    failed: int = 0
+    unconverged: int = 0
+    seconds: float = 0.0  # per replicate
+    notes: list[str] = field(default_factory=list)
+
+
+def _point_fit(
+    X: ArrayLike,
+    y: ArrayLike,
+    groups: ArrayLike,
+    family: Any,
+    covariance: str,
+    shrinkage: float | str | None,
+    features: Sequence[str] | None,
+) -> _PointFit:
+    """Fit the model on all rows (as :func:`fairsteer.fit_model`) and check every cell's size."""
+    model = fit_model(
+        X, y, groups, family=family, covariance=covariance, shrinkage=shrinkage, features=features
+    )
+    _, gcodes = encode_labels(groups, model.groups, "group")
+    Z = model.to_gaussian_scale(X, gcodes)
+    _, ccodes = encode_labels(y, model.classes, "class")
+    m, K = model.n_groups, model.n_classes
+    counts = np.bincount(gcodes * K + ccodes, minlength=m * K).reshape(m, K).astype(np.float64)
+    _check_cells(counts, model.groups, model.classes)
+    return _PointFit(model, Z, gcodes, ccodes, counts, covariance, shrinkage, features)
+
+
+def _bootstrap_intervals(
+    point: _PointFit,
+    n_bootstrap: int,
+    level: float,
+    seed: int,
+    n_samples: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, tuple[float, float]], _Replicates]:
+    """Percentile intervals of ``INTERVAL_FIELDS`` over B stratified resamples."""
+    from fairsteer.solve import affirmative_action
+
+    model = point.model
+    cells = point.cell_rows()
+    values: dict[str, list[float]] = {name: [] for name in INTERVAL_FIELDS}
+    tally = _Replicates()
+    start = time.perf_counter()
+    for _ in range(n_bootstrap):
+        rows = np.concatenate([rc[rng.integers(0, rc.size, rc.size)] for rc in cells])
+        stats = cell_statistics_from_codes(
+            point.Z[rows],
+            point.gcodes[rows],
+            point.ccodes[rows],
+            model.groups,
+            model.classes,
+            pooled=point.covariance == "shared",
+        )
+        try:
+            fitted = point.refit(stats)
+            sol = affirmative_action(fitted, seed=seed)
+            rep = audit(fitted, n_samples=n_samples, seed=seed, nearest=sol)
+        except InputError:
+            tally.failed += 1
+            continue
+        tally.unconverged += not rep.nearest_ideal_converged
+        for name in INTERVAL_FIELDS:
+            values[name].append(getattr(rep, name))
+    tally.seconds = (time.perf_counter() - start) / n_bootstrap
+    ok = n_bootstrap - tally.failed
+    if ok == 0:
+        raise InputError(
+            "every bootstrap resample failed to refit (singular covariances); use "
+            "covariance='shared' or shrinkage (e.g. shrinkage='oas')"
+        )
+    q = [(1 - level) / 2, (1 + level) / 2]
+    found: dict[str, tuple[float, float]] = {}
+    for name in INTERVAL_FIELDS:
+        lo, hi = np.quantile(np.asarray(values[name]), q)
+        found[name] = (float(lo), float(hi))
+    if (ok + 1) * (1 - level) / 2 < 1:
+        tally.notes.append(
+            f"{ok} resamples are too few for the tails of a {level:g} interval (the "
+            f"interval is close to the range of the replicates); use at least "
+            f"{int(np.ceil(2 / (1 - level)))}"
+        )
+    return found, tally
+
+
+def _null_class_counts(
+    n_group: NDArray[np.int64], pi0: Array, rng: np.random.Generator
+) -> tuple[NDArray[np.int64], int]:
+    """Class counts of one null data set, redrawn until every cell is usable.
+
+    Returns the (m, K) counts and the number of redraws.
+    """
+    sizes = np.stack([rng.multinomial(n_a, pi0) for n_a in n_group])
+    tries = 0
+    while np.any(sizes < MIN_CELL_ROWS):  # condition on usable cells
+        tries += 1
+        if tries > MAX_REDRAWS:
+            raise InputError(
+                f"with the ideal class priors {np.round(pi0, 4).tolist()}, a group of "
+                f"{int(n_group.min())} rows rarely has {MIN_CELL_ROWS} rows of every "
+                "class, so the null cannot be drawn; collect more rows, or merge or "
+                "drop the smallest group"
+            )
+        sizes = np.stack([rng.multinomial(n_a, pi0) for n_a in n_group])
+    return sizes, tries
+
+
+def _ideality_test(
+    point: _PointFit,
+    null: GaussianModel,
+    observed: float,
+    n_bootstrap: int,
+    seed: int,
+    rng: np.random.Generator,
+) -> tuple[Array, float, _Replicates]:
+    """Null nearest-ideal KLs drawn from ``null`` and the parametric-bootstrap p-value."""
+    from fairsteer.solve import affirmative_action
+
+    pi0 = null.class_priors[0]
+    n_group = point.counts.sum(axis=1).astype(np.int64)
+    draws = []
+    redrawn = 0
+    tally = _Replicates()
+    start = time.perf_counter()
+    for _ in range(n_bootstrap):
+        sizes, tries = _null_class_counts(n_group, pi0, rng)
+        redrawn += tries
+        try:
+            fitted = point.refit(sample_cell_statistics(null, sizes, rng))
+            sol = affirmative_action(fitted, seed=seed)
+        except InputError:
+            tally.failed += 1
+            continue
+        tally.unconverged += not bool(sol.diagnostics.get("converged", True))
+        draws.append(max(sol.kl, 0.0))
+    tally.seconds = (time.perf_counter() - start) / n_bootstrap
+    null_kl = np.asarray(draws)
+    if null_kl.size == 0:
+        raise InputError(
+            "every null data set failed to refit (singular covariances); use "
+            "covariance='shared' or shrinkage (e.g. shrinkage='oas')"
+        )
+    p_value = float((1 + np.sum(null_kl >= observed)) / (null_kl.size + 1))
+    if redrawn:
+        tally.notes.append(
+            f"{redrawn} null class-count draws left a cell with fewer than "
+            f"{MIN_CELL_ROWS} rows and were drawn again (the null is conditioned on "
+            "usable cells)"
+        )
+    return null_kl, p_value, tally
+
+
+def _replicate_notes(parts: dict[str, _Replicates], n_bootstrap: int) -> list[str]:
+    """Each part's own notes, then its failed refits, then unconverged solves over all."""
+    notes = [note for tally in parts.values() for note in tally.notes]
+    for part, tally in parts.items():
+        if tally.failed:
+            notes.append(
+                f"{tally.failed} of {n_bootstrap} {part} replicates failed to refit (singular "
+                "covariance) and were left out; shrinkage or a shared covariance avoids this"
+            )
+    unconverged = sum(tally.unconverged for tally in parts.values())
+    if unconverged:
+        notes.append(f"the nearest-ideal solver did not converge on {unconverged} replicates")
+    return notes
+
+
 # ------------------------------------------------------------ main entry
 
 
@@ -410,140 +617,35 @@ def audit_data(
 
     _check_options(n_bootstrap, level, seed)
     n_bootstrap, level, seed = int(n_bootstrap), float(level), int(seed)
-    model = fit_model(
-        X, y, groups, family=family, covariance=covariance, shrinkage=shrinkage, features=features
-    )
-    _, gcodes = encode_labels(groups, model.groups, "group")
-    Z = model.to_gaussian_scale(X, gcodes)
-    _, ccodes = encode_labels(y, model.classes, "class")
-    m, K = model.n_groups, model.n_classes
-    counts = np.bincount(gcodes * K + ccodes, minlength=m * K).reshape(m, K).astype(np.float64)
-    _check_cells(counts, model.groups, model.classes)
-
+    point = _point_fit(X, y, groups, family, covariance, shrinkage, features)
+    model, counts = point.model, point.counts
     options = {
         "family": model.family.to_json(),
         "covariance": covariance,
         "shrinkage": shrinkage,
     }
-    fam = model.family
-
-    def refit(stats: CellStats) -> GaussianModel:
-        return model_from_stats(
-            stats, covariance=covariance, shrinkage=shrinkage, family=fam, features=features
-        )
-
     nearest = affirmative_action(model, seed=seed)
-    point = audit(model, n_samples=n_samples, seed=seed, nearest=nearest)
+    point_audit = audit(model, n_samples=n_samples, seed=seed, nearest=nearest)
     boot_ss, null_ss = np.random.SeedSequence(seed).spawn(2)
-    failed = {"intervals": 0, "test": 0}
-    unconverged = 0
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
-
+    parts: dict[str, _Replicates] = {}
     found: dict[str, tuple[float, float]] = {}
     if intervals:
-        rng = np.random.default_rng(boot_ss)
-        code = gcodes * K + ccodes
-        order = np.argsort(code, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(counts.ravel()).astype(np.intp)])
-        cells = [order[bounds[c] : bounds[c + 1]] for c in range(m * K)]
-        values = {name: [] for name in INTERVAL_FIELDS}
-        start = time.perf_counter()
-        for _ in range(n_bootstrap):
-            rows = np.concatenate([rc[rng.integers(0, rc.size, rc.size)] for rc in cells])
-            stats = cell_statistics_from_codes(
-                Z[rows],
-                gcodes[rows],
-                ccodes[rows],
-                model.groups,
-                model.classes,
-                pooled=covariance == "shared",
-            )
-            try:
-                fitted = refit(stats)
-                sol = affirmative_action(fitted, seed=seed)
-                rep = audit(fitted, n_samples=n_samples, seed=seed, nearest=sol)
-            except InputError:
-                failed["intervals"] += 1
-                continue
-            unconverged += not rep.nearest_ideal_converged
-            for name in INTERVAL_FIELDS:
-                values[name].append(getattr(rep, name))
-        seconds["intervals"] = (time.perf_counter() - start) / n_bootstrap
-        ok = n_bootstrap - failed["intervals"]
-        if ok == 0:
-            raise InputError(
-                "every bootstrap resample failed to refit (singular covariances); use "
-                "covariance='shared' or shrinkage (e.g. shrinkage='oas')"
-            )
-        q = [(1 - level) / 2, (1 + level) / 2]
-        for name in INTERVAL_FIELDS:
-            lo, hi = np.quantile(np.asarray(values[name]), q)
-            found[name] = (float(lo), float(hi))
-        if (ok + 1) * (1 - level) / 2 < 1:
-            notes.append(
-                f"{ok} resamples are too few for the tails of a {level:g} interval (the "
-                f"interval is close to the range of the replicates); use at least "
-                f"{int(np.ceil(2 / (1 - level)))}"
-            )
-
+        found, parts["intervals"] = _bootstrap_intervals(
+            point, n_bootstrap, level, seed, n_samples, np.random.default_rng(boot_ss)
+        )
     null_kl = np.zeros(0)
     p_value = None
     if test:
-        rng = np.random.default_rng(null_ss)
-        null = nearest.ideal
-        pi0 = null.class_priors[0]
-        n_group = counts.sum(axis=1).astype(np.int64)
-        observed = point.nearest_ideal_kl
-        draws = []
-        redrawn = 0
-        start = time.perf_counter()
-        for _ in range(n_bootstrap):
-            sizes = np.stack([rng.multinomial(n_a, pi0) for n_a in n_group])
-            tries = 0
-            while np.any(sizes < MIN_CELL_ROWS):  # condition on usable cells
-                tries += 1
-                if tries > MAX_REDRAWS:
-                    raise InputError(
-                        f"with the ideal class priors {np.round(pi0, 4).tolist()}, a group of "
-                        f"{int(n_group.min())} rows rarely has {MIN_CELL_ROWS} rows of every "
-                        "class, so the null cannot be drawn; collect more rows, or merge or "
-                        "drop the smallest group"
-                    )
-                sizes = np.stack([rng.multinomial(n_a, pi0) for n_a in n_group])
-            redrawn += tries
-            try:
-                fitted = refit(sample_cell_statistics(null, sizes, rng))
-                sol = affirmative_action(fitted, seed=seed)
-            except InputError:
-                failed["test"] += 1
-                continue
-            unconverged += not bool(sol.diagnostics.get("converged", True))
-            draws.append(max(sol.kl, 0.0))
-        seconds["test"] = (time.perf_counter() - start) / n_bootstrap
-        null_kl = np.asarray(draws)
-        if null_kl.size == 0:
-            raise InputError(
-                "every null data set failed to refit (singular covariances); use "
-                "covariance='shared' or shrinkage (e.g. shrinkage='oas')"
-            )
-        p_value = float((1 + np.sum(null_kl >= observed)) / (null_kl.size + 1))
-        if redrawn:
-            notes.append(
-                f"{redrawn} null class-count draws left a cell with fewer than "
-                f"{MIN_CELL_ROWS} rows and were drawn again (the null is conditioned on "
-                "usable cells)"
-            )
-    for part, k in failed.items():
-        if k:
-            notes.append(
-                f"{k} of {n_bootstrap} {part} replicates failed to refit (singular "
-                "covariance) and were left out; shrinkage or a shared covariance avoids this"
-            )
-    if unconverged:
-        notes.append(f"the nearest-ideal solver did not converge on {unconverged} replicates")
+        null_kl, p_value, parts["test"] = _ideality_test(
+            point,
+            nearest.ideal,
+            point_audit.nearest_ideal_kl,
+            n_bootstrap,
+            seed,
+            np.random.default_rng(null_ss),
+        )
     return DataAudit(
-        audit=point,
+        audit=point_audit,
         level=level,
         n_bootstrap=n_bootstrap,
         seed=seed,
@@ -552,10 +654,10 @@ def audit_data(
         intervals=found,
         p_value=p_value,
         null_kl=null_kl,
-        n_failed=failed,
-        n_unconverged=unconverged,
-        seconds_per_replicate=seconds,
-        notes=notes,
+        n_failed={part: parts[part].failed if part in parts else 0 for part in _PARTS},
+        n_unconverged=sum(tally.unconverged for tally in parts.values()),
+        seconds_per_replicate={part: tally.seconds for part, tally in parts.items()},
+        notes=_replicate_notes(parts, n_bootstrap),
     )
 
 
