@@ -396,9 +396,7 @@ def _train_and_score(
         for name, e in pre.items()
     ]
     if bias != "none":
-        fits.append(
-            (CLEAN_ROW, sp.X_tr, np.ones(sp.y_tr.size), sp.X_te, sp.y_tr_clean, None, None)
-        )
+        fits.append((CLEAN_ROW, sp.X_tr, np.ones(sp.y_tr.size), sp.X_te, sp.y_tr_clean, None, None))
     out = {}
     for name, A_tr, w, A_te, labels, C_tr, C_te in fits:
         clf = _model(model_name, seed, quick)
