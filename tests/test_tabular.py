@@ -165,3 +165,128 @@ def test_quantile_bins_reproduce_the_unweighted_booster(name):
             QuantileBins(), HistGradientBoostingClassifier(max_iter=20, random_state=0)
         ).fit(X[:4000], y[:4000])
         np.testing.assert_array_equal(raw.predict_proba(X[4000:]), binned.predict_proba(X[4000:]))
+
+
+# ---------------------------------------------------------------------------
+# The new options as rows: the auto family and categorical context (issue 13).
+
+
+def _soft_map_by_hand(model, ideal, X, g_codes):
+    """sum_y P(y | x, a) T_ay(x) on the Gaussian scale, computed without fairsteer's kernels.
+
+    Posterior from scipy's Gaussian densities and the cell priors; T_ay the
+    Gaussian OT map x -> mu~ + A (x - mu), A = S^-1/2 (S^1/2 S~ S^1/2)^1/2 S^-1/2
+    (Peyre and Cuturi 2019, Remark 2.31), matrix roots by scipy.linalg.sqrtm.
+    """
+    from scipy.linalg import sqrtm
+    from scipy.stats import multivariate_normal
+
+    Z = model.to_gaussian_scale(X, g_codes)
+    out = np.empty_like(Z)
+    K = model.priors.shape[1]
+    for a in np.unique(g_codes):
+        rows = g_codes == a
+        dens = np.column_stack(
+            [
+                model.priors[a, i]
+                * multivariate_normal(model.means[a, i], model.covariances[a, i]).pdf(Z[rows])
+                for i in range(K)
+            ]
+        )
+        post = dens / dens.sum(axis=1, keepdims=True)
+        mapped = np.zeros_like(Z[rows])
+        for i in range(K):
+            S, St = model.covariances[a, i], ideal.covariances[a, i]
+            r = np.real(sqrtm(S))
+            ri = np.linalg.inv(r)
+            A = ri @ np.real(sqrtm(r @ St @ r)) @ ri
+            T = ideal.means[a, i] + (Z[rows] - model.means[a, i]) @ A.T
+            mapped += post[:, [i]] * T
+        out[rows] = mapped
+    return model.from_gaussian_scale(out, g_codes)
+
+
+@pytest.mark.parametrize("name", ["adult", "compas"])
+def test_context_rows_steer_training_rows_and_map_test_rows_within_their_level(name):
+    from fairsteer.context import fit_context_model, solve_context
+    from fairsteer_experiments.tabular import (
+        AUTO_ROW,
+        CONTEXT_MIN_COUNT,
+        CONTEXT_ROWS,
+        COVARIANCE,
+        _option_rows,
+        _split,
+    )
+
+    data = load_tabular(name)
+    sp = _split(data, 0, True, "none", True, False)
+    pre, steering = _option_rows(sp, seed=0)
+    assert list(pre) == [AUTO_ROW, *(n for n, _ in CONTEXT_ROWS)]
+    # auto's choice is a real family per feature, never the placeholder.
+    assert len(steering[AUTO_ROW]["families"]) == sp.X_tr.shape[1]
+    assert "auto" not in steering[AUTO_ROW]["families"]
+    # The same fit the rows use (deterministic given the seed), to recompute by hand.
+    est_family = fit_model(sp.X_tr, sp.y_tr, sp.g_tr, family="auto", covariance=COVARIANCE).family
+    cm = fit_context_model(
+        sp.X_tr, sp.y_tr, sp.g_tr, sp.K_tr, family=est_family, covariance=COVARIANCE,
+        min_count=CONTEXT_MIN_COUNT, merge_rare=True,
+    )  # fmt: skip
+    L = cm.n_levels
+    # Raw value -> level by the level names (merged members joined by " | ").
+    level_of = {v: c for c, lev in enumerate(cm.levels) for v in lev.split(" | ")}
+    if name == "adult":  # the merge rule joins the sex-coded pair first (docs/context.md)
+        assert level_of["Husband"] == level_of["Wife"]
+    raw_te = np.array([level_of[v] for v in sp.K_te])
+    n_other = sp.O_tr.shape[1]
+    groups = np.unique(sp.g_tr)
+    for row, method in CONTEXT_ROWS:
+        _, w, X_te, C_tr, C_te = pre[row]
+        assert C_tr.shape == (sp.y_tr.size, n_other + L) and C_te.shape[1] == n_other + L
+        # The other categorical columns pass through unchanged ...
+        np.testing.assert_array_equal(C_tr[:, :n_other], sp.O_tr)
+        np.testing.assert_array_equal(C_te[:, :n_other], sp.O_te)
+        # ... test rows keep their own (merged) level ...
+        np.testing.assert_array_equal(np.argmax(C_te[:, n_other:], axis=1), raw_te)
+        assert np.all(C_te[:, n_other:].sum(axis=1) == 1)
+        # ... and training rows were re-drawn so the level law given the class no
+        # longer depends on the group: each (group, class) count is the
+        # rounding of n_ay Q(c|y), so two groups differ by < 1/n_a1y + 1/n_a2y.
+        lv_tr = np.argmax(C_tr[:, n_other:], axis=1)
+        for y in (0, 1):
+            laws, ns = [], []
+            for a in groups:
+                rows = (sp.g_tr == a) & (sp.y_tr == y)
+                laws.append(np.bincount(lv_tr[rows], minlength=L) / rows.sum())
+                ns.append(rows.sum())
+            assert np.max(np.abs(laws[0] - laws[1])) < 1 / ns[0] + 1 / ns[1]
+        # Weights pi~_y / pi[a, y]: every group gets the same weighted class law.
+        shares = [np.sum(w[(sp.g_tr == a) & (sp.y_tr == 1)]) / np.sum(w[sp.g_tr == a])
+                  for a in groups]  # fmt: skip
+        assert abs(shares[0] - shares[1]) < 1e-9  # exact ratios, round-off only
+        # Test features: the soft map of the row's own level, recomputed by hand.
+        sol = solve_context(cm, method, seed=0)
+        g_codes = np.searchsorted(np.asarray(cm.groups, dtype=object), sp.g_te)
+        for c in range(L):
+            at = raw_te == c
+            if at.any():
+                want = _soft_map_by_hand(cm.cells[c], sol.ideal.cells[c], sp.X_te[at], g_codes[at])
+                # Same formula, scipy's densities and sqrtm instead of Cholesky
+                # kernels: agreement to ~1e-8 on values of order 1e1.
+                np.testing.assert_allclose(X_te[at], want, rtol=1e-7, atol=1e-7)
+        assert steering[row]["levels"] == list(cm.levels) and steering[row]["moved"] > 0
+
+
+@pytest.mark.slow
+def test_quick_run_has_the_option_rows_and_states_the_test_time_rule():
+    from fairsteer_experiments.tabular import AUTO_ROW, CONTEXT_ROWS, TEST_TIME_NOTE, format_table
+
+    res = run_tabular("compas", seeds=(0,), quick=True, group_aware=True, bias="label-flip")
+    new = [AUTO_ROW, *(n for n, _ in CONTEXT_ROWS)]
+    assert list(res["summary"]) == [*ROWS, CLEAN_ROW] and set(new) <= set(ROWS)
+    for row in new:
+        for model in ("LR", "GBT"):
+            s = res["summary"][row][model]
+            assert 0.5 < s["accuracy"]["mean"] <= 1 and 0 <= s["eo"]["mean"] <= 1
+    assert set(res["options"]) == set(new)
+    text = format_table(res)
+    assert TEST_TIME_NOTE in text and "context 'c_charge_degree'" in text
