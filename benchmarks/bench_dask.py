@@ -35,6 +35,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,8 @@ def main() -> None:
         f"rows ({args.partition_rows * row_bytes / MIB:.0f} MiB), {args.workers} workers x 1 "
         f"thread, memory_limit {limit / MIB:.0f} MiB each"
     )
+    # a terminated run still removes its shards (several GB) in the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     tmp = Path(tempfile.mkdtemp(prefix="fairsteer-bench-dask-"))
     cluster = LocalCluster(
         n_workers=args.workers,
