@@ -102,6 +102,10 @@ class SteeringMaps:
         c, g = self._codes(y, groups, X.shape[0] if X.ndim else 0)
         return c, g, model.to_gaussian_scale(X, g)
 
+    def _fresh_to_data(self, Z: Array, g: NDArray[np.intp]) -> Array:
+        """The kernels' new output ``Z`` on the data scale (no defensive copy)."""
+        return self.original.family.inverse(Z, g)
+
     @property
     def shared(self) -> bool:
         """True when every class of a group shares its linear part A (shared covariance)."""
@@ -125,12 +129,12 @@ class SteeringMaps:
         mapped on the log scale and exponentiated back).
         """
         c, g, Z = self._prepare(X, y, groups, self.original)
-        return self.original.from_gaussian_scale(self.kernels.steer(Z, g, c), g)
+        return self._fresh_to_data(self.kernels.steer(Z, g, c), g)
 
     def inverse(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike) -> Array:
         """Exact inverse of :meth:`steer` (and of hard-mode ``transform`` with the same labels)."""
         c, g, Z = self._prepare(X, y, groups, self.ideal)
-        return self.original.from_gaussian_scale(self.inverse_kernels.steer(Z, g, c), g)
+        return self._fresh_to_data(self.inverse_kernels.steer(Z, g, c), g)
 
     def transform(
         self,
@@ -157,10 +161,10 @@ class SteeringMaps:
         if mode == "hard":
             if c is None:
                 c = np.argmax(lj, axis=1)
-            return self.original.from_gaussian_scale(self.kernels.steer(Z, g, c), g)
+            return self._fresh_to_data(self.kernels.steer(Z, g, c), g)
         post = np.exp(lj - lj.max(axis=1, keepdims=True))
         post /= post.sum(axis=1, keepdims=True)
-        return self.original.from_gaussian_scale(self.kernels.soft_steer(Z, g, post), g)
+        return self._fresh_to_data(self.kernels.soft_steer(Z, g, post), g)
 
     # ------------------------------------------------------------- priors
     def weights(self, y: ArrayLike, groups: ArrayLike) -> Array:

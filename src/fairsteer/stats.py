@@ -457,17 +457,30 @@ def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
     d = X.shape[1]
     total = np.zeros(d)
     S = np.zeros((d, d))
+    buf = _chunk_buffer(rows.size, d)
     # Values near the float64 limits overflow here; the model checks
     # (fairsteer.model.check_cell_covariances) name the feature instead.
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, rows.size, CHUNK_ROWS):
-            Z = X.take(rows[start : start + CHUNK_ROWS], axis=0)
-            Z -= shift
+            Z = _gather_shifted(X, rows[start : start + CHUNK_ROWS], shift, buf)
             total += Z.sum(axis=0)
             S += Z.T @ Z
         delta = total / rows.size
         scatter = S - np.outer(total, delta)
     return shift + delta, 0.5 * (scatter + scatter.T)
+
+
+def _chunk_buffer(n_rows: int, d: int) -> Array:
+    """One reusable gather buffer (a fresh 10 MB array per chunk costs page faults every time)."""
+    return np.empty((min(n_rows, CHUNK_ROWS), d))
+
+
+def _gather_shifted(X: Array, rows: NDArray[np.intp], shift: Array, buf: Array) -> Array:
+    """``X[rows] - shift`` written into the first ``len(rows)`` rows of ``buf``."""
+    Z = buf[: rows.size]
+    np.take(X, rows, axis=0, out=Z)
+    Z -= shift
+    return Z
 
 
 # Pooling by one shifted product per group subtracts the between-class part
@@ -496,15 +509,19 @@ def _pooled_moments(X: Array, rows: NDArray[np.intp], counts: Array) -> tuple[Ar
     shift = X[rows[0]].copy()
     S = np.zeros((d, d))
     T = np.zeros((K, d))
+    buf = _chunk_buffer(rows.size, d)
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, rows.size, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, rows.size)
-            Z = X.take(rows[start:stop], axis=0)
-            Z -= shift
+            Z = _gather_shifted(X, rows[start:stop], shift, buf)
             S += Z.T @ Z
-            # the classes with rows in [start, stop): segmented sums of their rows
-            here = present[(bounds[present] < stop) & (bounds[present + 1] > start)]
-            T[here] += np.add.reduceat(Z, np.maximum(bounds[here], start) - start, axis=0)
+            # The rows are sorted by class: each class present in [start, stop)
+            # is one contiguous slice of the chunk (a plain column sum is ~10x
+            # faster than np.add.reduceat over the chunk).
+            for i in present[(bounds[present] < stop) & (bounds[present + 1] > start)]:
+                T[i] += Z[max(bounds[i], start) - start : min(bounds[i + 1], stop) - start].sum(
+                    axis=0
+                )
         n = counts[present][:, None]
         W = S - (T[present] / n).T @ T[present]
         means = np.zeros((K, d))
