@@ -337,3 +337,18 @@ def test_warm_started_probe_reaches_the_cold_optimum():
     assert objective(warm) == pytest.approx(objective(cold), rel=1e-4)
     assert np.mean(warm.predict(X2) == cold.predict(X2)) > 0.995
     assert warm.n_iter_.max() <= cold.n_iter_.max()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("all", None), ("ALL", None), ("5000", 5000), ("x", "error")]
+)
+def test_limit_argument(text, expected):
+    import argparse
+
+    from fairsteer_experiments.bug import _limit
+
+    if expected == "error":
+        with pytest.raises(argparse.ArgumentTypeError, match="number of sentences or 'all'"):
+            _limit(text)
+    else:
+        assert _limit(text) == expected

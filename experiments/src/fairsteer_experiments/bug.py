@@ -408,6 +408,17 @@ def _cmd(args: argparse.Namespace) -> int:
     return emit(res, args.json, format_table(res), args.report, start)
 
 
+def _limit(text: str) -> int | None:
+    """``--limit``: a positive count or ``all``."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        msg = f"expected a number of sentences or 'all', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def register(experiments: Any) -> None:
     """Add ``bug`` to the ``experiment`` subparsers."""
     p = experiments.add_parser(
@@ -423,7 +434,12 @@ def register(experiments: Any) -> None:
         help="default: mean for minilm, last token for smollm2",
     )
     p.add_argument("--layer", type=int, default=-1, help="hidden_states index (-1: last)")
-    p.add_argument("--limit", type=int, default=12000, help="sentences (uniform sample)")
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        default=12000,
+        help="sentences (a seeded uniform sample), or 'all' (80,070 with MiniLM's filter)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument(
         "--group",
