@@ -138,3 +138,26 @@ def test_pooled_statistics_equal_summed_cells(separation):
     full = g == 0  # group 0 has every class
     with pytest.raises(InputError, match="per-class covariances need per-cell"):
         cell_statistics(X[full], y[full], g[full], pooled=True).covariances("per-class")
+
+
+@pytest.mark.parametrize(("chunk", "threads"), [(7, 1), (7, 3), (64, 2), (10_000, 2)])
+def test_chunked_gather_any_chunk_size_and_thread_count(monkeypatch, chunk, threads):
+    """Chunk and slice boundaries anywhere (inside classes, at empty classes) give the
+    naive per-cell moments, per cell and pooled."""
+    import fairsteer.stats as stats
+
+    monkeypatch.setattr(stats, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(stats, "GATHER_THREADS", threads)
+    X, y, g = sample(4, n=500)
+    y = np.where((g == "b") & (y == "pos"), "neg", y)  # cell (b, pos) empty
+    cells = cell_statistics(X, y, g)
+    pooled = cell_statistics(X, y, g, pooled=True)
+    for (a, i), (n, mean, scatter) in naive(X, y, g, cells.groups, cells.classes).items():
+        assert cells.counts[a, i] == n
+        # sums of ~100 values of size 100 in another order: ~1e-13 relative
+        np.testing.assert_allclose(cells.means[a, i], mean, rtol=1e-12)
+        np.testing.assert_allclose(pooled.means[a, i], mean, rtol=1e-12)
+        np.testing.assert_allclose(cells.scatters[a, i], scatter, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(
+        pooled.scatters[:, 0], cells.scatters.sum(axis=1), rtol=1e-10, atol=1e-9
+    )

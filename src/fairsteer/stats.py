@@ -19,7 +19,9 @@ order of the batches. This is what lets a fit run as a map-reduce over batches
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -454,33 +456,72 @@ def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
     is one ``X^T X`` in total.
     """
     shift = X[rows[0]].copy()
-    d = X.shape[1]
-    total = np.zeros(d)
-    S = np.zeros((d, d))
-    buf = _chunk_buffer(rows.size, d)
     # Values near the float64 limits overflow here; the model checks
     # (fairsteer.model.check_cell_covariances) name the feature instead.
     with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, rows.size, CHUNK_ROWS):
-            Z = _gather_shifted(X, rows[start : start + CHUNK_ROWS], shift, buf)
-            total += Z.sum(axis=0)
-            S += Z.T @ Z
+        S, T = _chunked_moments(X, rows, shift, np.array([0, rows.size]))
+        total = T[0]
         delta = total / rows.size
         scatter = S - np.outer(total, delta)
     return shift + delta, 0.5 * (scatter + scatter.T)
 
 
-def _chunk_buffer(n_rows: int, d: int) -> Array:
-    """One reusable gather buffer (a fresh 10 MB array per chunk costs page faults every time)."""
-    return np.empty((min(n_rows, CHUNK_ROWS), d))
+GATHER_THREADS = 2  # threads gathering and shifting each chunk (memory-bound work)
 
 
-def _gather_shifted(X: Array, rows: NDArray[np.intp], shift: Array, buf: Array) -> Array:
-    """``X[rows] - shift`` written into the first ``len(rows)`` rows of ``buf``."""
-    Z = buf[: rows.size]
-    np.take(X, rows, axis=0, out=Z)
-    Z -= shift
-    return Z
+def _chunked_moments(
+    X: Array, rows: NDArray[np.intp], shift: Array, bounds: NDArray[np.intp]
+) -> tuple[Array, Array]:
+    r"""S = sum z z^T over ``X[rows] - shift`` and the segment sums t_k of z.
+
+    Segment k is ``rows[bounds[k]:bounds[k + 1]]`` (a class, when the rows are
+    sorted by class). The rows are gathered :data:`CHUNK_ROWS` at a time into
+    one of two reused buffers (a fresh 10 MB array per chunk costs page faults
+    every time). The memory-bound part of a chunk (gather, shift, segment sums)
+    runs in :data:`GATHER_THREADS` helper threads, one slice of the chunk each,
+    while the caller's BLAS multiplies the previous chunk: ``np.take`` and BLAS
+    release the GIL, so the gather overlaps the compute-bound product instead of
+    adding to it, and the work stays one ``X^T X``.
+    """
+    d, n_seg = X.shape[1], bounds.size - 1
+    starts = list(range(0, rows.size, CHUNK_ROWS))
+    buffers = [np.empty((min(rows.size, CHUNK_ROWS), d)) for _ in range(min(2, len(starts)))]
+    S = np.zeros((d, d))
+    T = np.zeros((n_seg, d))
+
+    def gather(k: int, lo: int, hi: int) -> list[tuple[int, Array]]:
+        """Rows [lo, hi) of chunk k into its buffer, shifted; their segment sums."""
+        Z = buffers[k % 2][lo - starts[k] : hi - starts[k]]
+        np.take(X, rows[lo:hi], axis=0, out=Z)
+        with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
+            Z -= shift
+            first = int(np.searchsorted(bounds, lo, side="right")) - 1
+            last = int(np.searchsorted(bounds, hi, side="left"))
+            return [
+                (j, Z[max(bounds[j], lo) - lo : min(bounds[j + 1], hi) - lo].sum(axis=0))
+                for j in range(first, last)
+                if bounds[j + 1] > bounds[j]
+            ]
+
+    def submit(pool: ThreadPoolExecutor, k: int) -> list[Future[list[tuple[int, Array]]]]:
+        lo, hi = starts[k], min(starts[k] + CHUNK_ROWS, rows.size)
+        cuts = np.linspace(lo, hi, GATHER_THREADS + 1).astype(np.intp)
+        return [
+            pool.submit(gather, k, int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a
+        ]
+
+    with ThreadPoolExecutor(max_workers=GATHER_THREADS) as pool:
+        pending = submit(pool, 0)
+        for k, start in enumerate(starts):
+            for future in pending:
+                for j, t in future.result():
+                    T[j] += t
+            if k + 1 < len(starts):
+                # buffer (k + 1) % 2 held chunk k - 1, whose product is done
+                pending = submit(pool, k + 1)
+            Z = buffers[k % 2][: min(CHUNK_ROWS, rows.size - start)]
+            S += Z.T @ Z
+    return S, T
 
 
 # Pooling by one shifted product per group subtracts the between-class part
@@ -507,21 +548,8 @@ def _pooled_moments(X: Array, rows: NDArray[np.intp], counts: Array) -> tuple[Ar
     bounds = np.concatenate([[0], np.cumsum(counts).astype(np.intp)])
     present = np.flatnonzero(counts > 0)
     shift = X[rows[0]].copy()
-    S = np.zeros((d, d))
-    T = np.zeros((K, d))
-    buf = _chunk_buffer(rows.size, d)
     with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, rows.size, CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, rows.size)
-            Z = _gather_shifted(X, rows[start:stop], shift, buf)
-            S += Z.T @ Z
-            # The rows are sorted by class: each class present in [start, stop)
-            # is one contiguous slice of the chunk (a plain column sum is ~10x
-            # faster than np.add.reduceat over the chunk).
-            for i in present[(bounds[present] < stop) & (bounds[present + 1] > start)]:
-                T[i] += Z[max(bounds[i], start) - start : min(bounds[i + 1], stop) - start].sum(
-                    axis=0
-                )
+        S, T = _chunked_moments(X, rows, shift, bounds)
         n = counts[present][:, None]
         W = S - (T[present] / n).T @ T[present]
         means = np.zeros((K, d))
