@@ -306,3 +306,14 @@ def test_command_line_family_errors_exit_2_and_leave_nothing(tmp_path, capsys):
     code, _, err = run(capsys, "fit", shards / "part-00.csv", *opts, "--family-sample", "0",
                        "-o", tmp_path / "m.json")  # fmt: skip
     assert code == 2 and "sample size must be a whole number >= 2" in err
+
+
+def test_context_on_shards_is_refused_in_one_line(tmp_path, capsys):
+    df = table(n=300, seed=7)
+    df["level"] = np.where(df.k % 2 == 0, "even", "odd")
+    shards = shards_of(df, tmp_path / "in", [150], "csv")
+    for cmd in ("fit", "steer"):
+        code, _, err = run(capsys, cmd, shards, *BASE, "--context", "level", "-o", tmp_path / "o")
+        assert code == 2 and err.count("\n") == 1
+        assert "--context reads one table into memory; it does not take shards" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

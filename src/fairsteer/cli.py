@@ -380,11 +380,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from fairsteer.shards import fit_command, no_context_on_shards, use_shards
+
     if args.context:
+        no_context_on_shards(args)
         from fairsteer.context_cli import cmd_fit
 
         return cmd_fit(args)
-    from fairsteer.shards import fit_command, use_shards
 
     if use_shards(args):  # a directory or glob of shards, or --engine dask
         return fit_command(args)

@@ -41,7 +41,14 @@ from fairsteer.errors import InputError
 from fairsteer.options import parse_shrinkage
 from fairsteer.stats import CellStats, FeatureRange
 
-__all__ = ["ENGINES", "fit_command", "shard_paths", "steer_command", "use_shards"]
+__all__ = [
+    "ENGINES",
+    "fit_command",
+    "no_context_on_shards",
+    "shard_paths",
+    "steer_command",
+    "use_shards",
+]
 
 ENGINES = ("local", "dask")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -110,6 +117,21 @@ def use_shards(args: Any) -> bool:
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     return engine == "dask" or shard_paths(args.data) is not None
+
+
+def no_context_on_shards(args: Any) -> None:
+    """``--context`` reads one table into memory: refuse shards and ``--engine dask`` with it.
+
+    Raises
+    ------
+    InputError
+        For a directory or glob of shards, or ``--engine dask``, with ``--context``.
+    """
+    if use_shards(args):
+        raise InputError(
+            "--context reads one table into memory; it does not take shards or --engine dask "
+            "yet: concatenate the shards into one file"
+        )
 
 
 # ----------------------------------------------------------------- labels
