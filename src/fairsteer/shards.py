@@ -352,6 +352,11 @@ class ShardSample:
     sample: Any
     spellings: dict[Hashable, Hashable]
 
+    @property
+    def n_rows(self) -> int:
+        """Rows seen."""
+        return int(self.sample.n_rows)
+
 
 def merge_shard_samples(*parts: ShardSample) -> ShardSample:
     """Merge left to right; the first spelling of a label (in shard order) wins."""
@@ -513,6 +518,29 @@ class LocalRunner:
     def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
         return [fn(*item) for item in items]
 
+    def reduce_at_offsets(
+        self,
+        fn: Callable[..., Any],
+        shards: Sequence[Path],
+        layout: Layout,
+        rest: tuple[Any, ...],
+        merge: Callable[..., Any],
+        offsets: list[int] | None,
+    ) -> tuple[Any, list[int]]:
+        """``fn(path, layout, offset, *rest)`` merged over the shards, and the offsets.
+
+        Shard after shard: unknown offsets are counted on the way (each part's
+        ``n_rows``), with no extra pass.
+        """
+        total, found, offset = None, [], 0
+        for k, path in enumerate(shards):
+            start = offset if offsets is None else offsets[k]
+            part = fn(path, layout, start, *rest)
+            found.append(start)
+            offset = start + part.n_rows
+            total = part if total is None else merge(total, part)
+        return total, found
+
 
 class DaskRunner:
     """Run shard tasks on a ``distributed`` client.
@@ -540,6 +568,26 @@ class DaskRunner:
         tree = tree_reduce(parts, merge=merge)
         with _engine_errors():
             return self.client.compute(tree).result()
+
+    def reduce_at_offsets(
+        self,
+        fn: Callable[..., Any],
+        shards: Sequence[Path],
+        layout: Layout,
+        rest: tuple[Any, ...],
+        merge: Callable[..., Any],
+        offsets: list[int] | None,
+    ) -> tuple[Any, list[int]]:
+        """``fn(path, layout, offset, *rest)`` merged by a tree, and the offsets.
+
+        The tasks run at once, so unknown offsets come from a first pass that
+        counts every shard's rows (:func:`shard_rows`).
+        """
+        if offsets is None:
+            counts = self.map(shard_rows, [(path, layout) for path in shards])
+            offsets = [0, *np.cumsum(counts)[:-1].astype(int).tolist()]
+        items = [(path, layout, start, *rest) for path, start in zip(shards, offsets)]
+        return self.reduce(fn, items, merge), offsets
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
         with _engine_errors():
@@ -666,7 +714,7 @@ def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Lay
 class ShardFit:
     """The model of a sharded fit and what the steer pass needs.
 
-    ``offsets[k]``: the rows of the shards before shard k (``None`` when no
+    ``offsets[k]``: the rows of the shards before shard k (all zero when no
     pass needs a row's index in the whole table).
     """
 
@@ -674,7 +722,7 @@ class ShardFit:
     layout: Layout
     total: ShardPartial
     kind: str
-    offsets: list[int] | None = None
+    offsets: list[int]
 
 
 def _sorted_keys(keys: Sequence[Hashable], spellings: dict[Hashable, Hashable]) -> list[Hashable]:
@@ -689,18 +737,20 @@ def _sorted_keys(keys: Sequence[Hashable], spellings: dict[Hashable, Hashable]) 
 
 
 def _fit_families(
-    args: Any, shards: list[Path], run: Any, layout: Layout, offsets: list[int]
-) -> tuple[Layout, tuple[Hashable, ...], tuple[Hashable, ...]]:
+    args: Any, shards: list[Path], run: Any, layout: Layout
+) -> tuple[Layout, tuple[Hashable, ...], tuple[Hashable, ...], list[int]]:
     """Pass 1: the family sample of every shard, merged; the families fitted on it.
 
     Returns the layout with the fitted families (and the model's group codes
-    for per-group ones) and the model's group and class labels.
+    for per-group ones), the model's group and class labels, and the offsets
+    of the shards (rows before each).
     """
     from fairsteer.cli import family_sample_rows
 
     size = family_sample_rows(args)
-    items = [(path, layout, offset, size) for path, offset in zip(shards, offsets)]
-    total = run.reduce(shard_sample, items, merge_shard_samples)
+    total, offsets = run.reduce_at_offsets(
+        shard_sample, shards, layout, (size,), merge_shard_samples, None
+    )
     sample, spell = total.sample, total.spellings
     if sample.n_rows == 0:
         raise InputError(f"the {len(shards)} shard(s) of {args.data} have no data rows")
@@ -710,33 +760,33 @@ def _fit_families(
     layout = dataclasses.replace(
         layout, family=family, group_codes={key: k for k, key in enumerate(order_g)}
     )
-    return layout, tuple(spell[k] for k in order_g), tuple(spell[k] for k in order_c)
+    return layout, tuple(spell[k] for k in order_g), tuple(spell[k] for k in order_c), offsets
 
 
 def _fit(args: Any, shards: list[Path], run: Any, reserved: Sequence[str] = ()) -> ShardFit:
-    """Fit from the shards: row counts and the family sample first where needed, then statistics.
+    """Fit from the shards: the family sample first where needed, then the statistics.
 
-    - pass 0 (only with families to fit or ``--dequantize``): rows per shard,
-      for every row's index in the whole table;
     - pass 1 (only with families to fit): the family sample
       (:func:`_fit_families`);
     - pass 2: the cell statistics on the Gaussian scale, tree-merged.
+
+    Both need every row's index in the whole table (the sample's keys, the
+    ``--dequantize`` noise): the local engine counts the rows on the way, the
+    Dask engine counts every shard's rows first (:func:`shard_rows`).
     """
     from fairsteer.cli import family_sample_rows
     from fairsteer.dask import Partial, finish_fit
 
     family_sample_rows(args)  # checked before any pass
     layout, family = _layout(args, shards, reserved)
-    offsets = None
+    offsets = None if layout.dequantize else [0] * len(shards)
     group_labels = class_labels = None
-    if not family.fitted or layout.dequantize:
-        counts = run.map(shard_rows, [(path, layout) for path in shards])
-        offsets = [0, *np.cumsum(counts)[:-1].tolist()]
     if not family.fitted:
-        layout, group_labels, class_labels = _fit_families(args, shards, run, layout, offsets)
+        layout, group_labels, class_labels, offsets = _fit_families(args, shards, run, layout)
         family = layout.family
-    starts = offsets or [0] * len(shards)
-    total = run.reduce(shard_partial, [(p, layout, k) for p, k in zip(shards, starts)])
+    total, offsets = run.reduce_at_offsets(
+        shard_partial, shards, layout, (), merge_shard_partials, offsets
+    )
     stats = total.labelled()
     if stats is None:
         raise InputError(f"the {len(shards)} shard(s) of {args.data} have no data rows")
@@ -838,7 +888,7 @@ def steer_command(args: Any) -> int:
             args.weight_column,
             bool(getattr(args, "round_dequantized", False)),
         )
-        starts = fitted.offsets or [0] * len(shards)
+        starts = fitted.offsets
         if sharded is None:
             counts = run.map(shard_steer, [(shards[0], output, out_kinds[0], plan, 0)])
         else:
