@@ -123,6 +123,9 @@ CASES = [
     (["normal-scores-by-group"], "parquet", "local", ["--dequantize", "k"]),
     (["yeo-johnson-by-group"], "csv", "local", ["--dequantize", "k", "--round-dequantized"]),
     (["x1=yeo-johnson", "x2=normal-scores", "k=log1p"], "parquet", "dask", []),
+    # no family to fit, but --dequantize needs every row's index in the table
+    (["normal"], "csv", "local", ["--dequantize", "k"]),
+    (["x1=log", "x2=log1p"], "csv", "dask", ["--dequantize", "k"]),
 ]
 
 
