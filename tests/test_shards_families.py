@@ -238,6 +238,25 @@ def test_dask_fit_with_families_equals_fit_model(client, family):
         close(m.covariances, ref.covariances)
 
 
+def test_dask_steer_with_families_equals_the_in_memory_steer(client):
+    from fairsteer import SteeringMaps, solve
+    from fairsteer.dask import steer_dask
+
+    df = table(n=2000, seed=8)
+    names = ["x1", "x2", "k"]
+    X, y, g = df[names].to_numpy(float), df.label.to_numpy(), df.sex.to_numpy()
+    kw = dict(family="auto-by-group", covariance="shared", features=names)
+    ref = fit_model(X, y, g, **kw)
+    ref_steered = SteeringMaps.from_solution(ref, solve(ref)).steer(X, y, g)
+    ddf = dd.from_pandas(df, npartitions=4)
+    model = fit_model_dask(ddf, group="sex", label="label", **kw)
+    assert model.family == ref.family
+    maps = SteeringMaps.from_solution(model, solve(model))
+    got = steer_dask(maps, ddf, group="sex", label="label").compute()
+    assert list(got.columns) == list(df.columns)
+    np.testing.assert_allclose(got[names].to_numpy(), ref_steered, rtol=0, atol=STEER_ATOL)
+
+
 def test_dask_sample_does_not_depend_on_the_partitions(client):
     df = table(n=2000, seed=4)
     X, y, g = df[["x1", "x2", "k"]].to_numpy(float), df.label.to_numpy(), df.sex.to_numpy()
