@@ -119,3 +119,13 @@ def test_bad_sizes_and_mismatched_merges_are_input_errors():
         RowSample.empty(3, 10, 0).fit(Families("auto", 3), (), ())
     with pytest.raises(InputError, match="'c' is not among"):
         a.fit(Families("yeo-johnson", 3), ("a", "b"), ("x", "y"))
+
+
+def test_a_group_missing_from_a_partial_sample_says_so():
+    X, _, c = table(2000)
+    g = np.zeros(2000, dtype=np.intp)
+    g[[5, 1500]] = 1  # two rows of group 1: a sample of 50 rows almost surely misses them
+    s = RowSample.of(X, g, c, ("big", "tiny"), ("c0", "c1"), first_row=0, size=50, seed=0)
+    assert not np.isin(s.rows, [5, 1500]).any()  # seed 0 misses them (checked, not assumed)
+    with pytest.raises(InputError, match="fitted on a uniform sample of 50 of the 2000 rows"):
+        s.fit(Families("yeo-johnson-by-group", 3), ("big", "tiny"), ("c0", "c1"))

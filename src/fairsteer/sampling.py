@@ -243,14 +243,23 @@ class RowSample:
         Raises
         ------
         InputError
-            If the sample has no rows, or a label is missing from an order.
+            If the sample has no rows, a label is missing from an order, or a
+            family cannot be fitted (e.g. a group with too few rows in the sample).
         """
         if self.keys.size == 0:
             raise InputError("the data have no rows; a fit needs samples of every (group, class)")
         s = self.in_table_order()
         g = _recode(s.groups, s.group_labels, group_order, "group")
         c = _recode(s.classes, s.class_labels, class_order, "class")
-        return family.fit(s.X, g, len(group_order), classes=c, seed=seed)
+        try:
+            return family.fit(s.X, g, len(group_order), classes=c, seed=seed)
+        except InputError as exc:
+            if self.keys.size == self.n_rows:
+                raise
+            raise InputError(
+                f"{exc} (the families were fitted on a uniform sample of {self.keys.size} of "
+                f"the {self.n_rows} rows; a larger family sample gives small groups more rows)"
+            ) from None
 
 
 def merge_samples(*parts: RowSample) -> RowSample:
