@@ -356,10 +356,10 @@ def test_steer_failure_in_the_write_pass_removes_every_shard(tmp_path, capsys, m
     _, shards, _ = write_shards(tmp_path, "csv")
     real = shards_module.shard_steer
 
-    def flaky(path, target, kind, plan):
+    def flaky(path, target, kind, plan, offset=0):
         if path.name == "part-02.csv":
             raise InputError(f"{path} changed while it was being read")
-        return real(path, target, kind, plan)
+        return real(path, target, kind, plan, offset)
 
     monkeypatch.setattr(shards_module, "shard_steer", flaky)
     code, _, err = run(

@@ -22,6 +22,7 @@ from fairsteer import __version__
 from fairsteer.errors import InputError
 from fairsteer.io import check_output
 from fairsteer.options import parse_shrinkage, shrinkage_argument
+from fairsteer.sampling import DEFAULT_SAMPLE_ROWS
 
 __all__ = ["build_parser", "main", "plugins"]
 
@@ -131,13 +132,17 @@ def _families(family: Sequence[str], d: int, features: Sequence[str]) -> Any:
     return Families(fam[0] if one else fam, d, features)
 
 
-def chunk_features(chunk: Any, features: Sequence[str], args: argparse.Namespace) -> Any:
+def chunk_features(
+    chunk: Any, features: Sequence[str], args: argparse.Namespace, offset: int = 0
+) -> Any:
     """A chunk's feature columns as floats, the ``--dequantize`` columns dequantised.
 
-    The noise of a value depends only on the seed, the row's index in the file
-    and the column (:func:`fairsteer.families.dequantize`), so every pass and
-    every chunking of the table, ``fit`` and ``steer`` alike, sees the same
-    dequantised values, equal to ``dequantize`` of the whole table.
+    The noise of a value depends only on the seed, the row's index in the table
+    (``offset``, the rows of the shards before this one, plus the row's index
+    in its file) and the column (:func:`fairsteer.families.dequantize`), so
+    every pass and every chunking or sharding of the table, ``fit`` and
+    ``steer`` alike, sees the same dequantised values, equal to ``dequantize``
+    of the whole table.
     """
     X = chunk.floats(features)
     columns = getattr(args, "dequantize", None)
@@ -158,12 +163,12 @@ def chunk_features(chunk: Any, features: Sequence[str], args: argparse.Namespace
                 f"--dequantize column {bad[0]!r} holds a non-integer value in rows "
                 f"{chunk.start + 1}-{chunk.start + chunk.n_rows}; dequantise integer columns only"
             )
-        X = dequantize(X, idx, seed=getattr(args, "seed", 0), first_row=chunk.start)
+        X = dequantize(X, idx, seed=getattr(args, "seed", 0), first_row=offset + chunk.start)
     return X
 
 
-#: Largest number of rows the transform families are fitted on in a streamed fit.
-RESERVOIR_ROWS = 100_000
+#: Largest number of rows the transform families are fitted on in a streamed fit (default).
+RESERVOIR_ROWS = DEFAULT_SAMPLE_ROWS
 
 
 def _fit_transforms(
@@ -176,41 +181,47 @@ def _fit_transforms(
 ) -> Any:
     """Fit the families' parameters in a first pass, on a bounded uniform sample of rows.
 
-    Every row gets a seeded uniform key and the :data:`RESERVOIR_ROWS` rows with
-    the smallest keys are kept (a bottom-k reservoir: a uniform sample without
-    replacement, memory bounded by it, reproducible for a seed). A table with
-    fewer rows is used whole, in file order, so the fit equals the library's
-    one-shot fit. The statistics are then accumulated on the Gaussian scale
-    in the second pass.
+    Row r of the table gets the key h(seed, r) (a bijective hash) and the
+    ``--family-sample`` rows (default :data:`RESERVOIR_ROWS`) with the smallest
+    keys are kept (a bottom-k sample, :class:`fairsteer.sampling.RowSample`:
+    uniform without replacement, memory bounded by it, the same rows whatever
+    the chunking, and the rows a sharded fit of the same table keeps). They are
+    fitted in file order, so a table with fewer rows is fitted exactly as the
+    library's one-shot fit. The statistics are then accumulated on the
+    Gaussian scale in the second pass.
     """
-    import numpy as np
+    from fairsteer.sampling import RowSample
 
     seed = getattr(source_args, "seed", 0)
-    rng = np.random.default_rng(seed)
-    keys = X = g = c = None
+    size = family_sample_rows(source_args)
+    sample = RowSample.empty(len(features), size, seed)
     for chunk in source.chunks():
-        parts = (
-            rng.random(chunk.n_rows),
+        g, c = groups.encode(chunk), classes.encode(chunk)
+        part = RowSample.of(
             chunk_features(chunk, features, source_args),
-            groups.encode(chunk),
-            classes.encode(chunk),
+            g,
+            c,
+            range(len(groups.labels)),  # the coders' codes stand for their labels
+            range(len(classes.labels)),
+            first_row=chunk.start,
+            size=size,
+            seed=seed,
         )
-        if keys is None:
-            keys, X, g, c = parts
-        else:
-            keys, X, g, c = (np.concatenate([a, b]) for a, b in zip((keys, X, g, c), parts))
-        if keys.size > RESERVOIR_ROWS:
-            keep = np.sort(np.argpartition(keys, RESERVOIR_ROWS)[:RESERVOIR_ROWS])
-            keys, X, g, c = keys[keep], X[keep], g[keep], c[keep]
-    if keys is None:
+        sample = sample.merge(part)
+    if sample.n_rows == 0:
         raise InputError(source.no_rows_message())
-    return family.fit(
-        X,
-        groups.sorted_codes(g),
-        len(groups.labels),
-        classes=classes.sorted_codes(c),
-        seed=seed,
-    )
+    # The model's label order is the sorted one: codes listed in that order.
+    order_g = sorted(range(len(groups.labels)), key=lambda k: groups.labels[k])
+    order_c = sorted(range(len(classes.labels)), key=lambda k: classes.labels[k])
+    return sample.fit(family, order_g, order_c, seed=seed)
+
+
+def family_sample_rows(args: Any) -> int:
+    """``--family-sample`` (default :data:`RESERVOIR_ROWS`), checked."""
+    from fairsteer.sampling import check_sample_rows
+
+    size = getattr(args, "family_sample", None)
+    return check_sample_rows(RESERVOIR_ROWS if size is None else size)
 
 
 def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
@@ -243,6 +254,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     from fairsteer.stats import FeatureRange, cell_statistics_from_codes
 
     shrinkage = parse_shrinkage(args.shrinkage)
+    family_sample_rows(args)  # checked before any pass
     source = open_table(args.data)
     source.require([args.group, args.label])
     for name in args.features or ():
@@ -321,7 +333,18 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
             "normal, lognormal (log), log1p, yeo-johnson, normal-scores or auto (a parametric "
             "one may end in -by-group); one for all features, one per feature, or "
             "COLUMN=FAMILY pairs (other columns normal). Transform parameters are fitted "
-            f"in a first pass on a uniform sample of at most {RESERVOIR_ROWS} rows"
+            "in a first pass on a seeded uniform sample of at most --family-sample rows"
+        ),
+    )
+    p.add_argument(
+        "--family-sample",
+        type=int,
+        default=None,
+        metavar="ROWS",
+        help=(
+            "largest number of rows (a seeded uniform sample) that families with "
+            f"parameters are fitted on (default {RESERVOIR_ROWS}; the whole table if it "
+            "has no more rows)"
         ),
     )
     p.add_argument(
@@ -357,11 +380,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    from fairsteer.shards import fit_command, no_context_on_shards, use_shards
+
     if args.context:
+        no_context_on_shards(args)
         from fairsteer.context_cli import cmd_fit
 
         return cmd_fit(args)
-    from fairsteer.shards import fit_command, use_shards
 
     if use_shards(args):  # a directory or glob of shards, or --engine dask
         return fit_command(args)

@@ -38,6 +38,7 @@ from fairsteer.families import Families
 from fairsteer.fit import check_fit_options, model_from_stats
 from fairsteer.maps import SteeringMaps
 from fairsteer.model import GaussianModel
+from fairsteer.sampling import DEFAULT_SAMPLE_ROWS, check_sample_rows
 from fairsteer.stats import CellStats, FeatureRange, cell_statistics_from_codes, encode_labels
 
 __all__ = [
@@ -164,6 +165,25 @@ def finish_fit(
 # ------------------------------------------------------------ map: arrays
 
 
+def _block_rows(
+    X: Array, y: NDArray[Any], g: NDArray[Any], where: str
+) -> tuple[Array, tuple[Hashable, ...], NDArray[np.intp], tuple[Hashable, ...], NDArray[np.intp]]:
+    """A block's rows (C order) and its labels (the block's own, sorted) with codes."""
+    X = np.ascontiguousarray(X, dtype=np.float64)  # row gathers of column-major X are slow
+    y, g = np.asarray(y).reshape(-1), np.asarray(g).reshape(-1)
+    try:
+        if y.size != X.shape[0] or g.size != X.shape[0]:
+            raise InputError(
+                f"X has {X.shape[0]} rows but y has {y.size} and groups has {g.size}; "
+                "partition y and groups like the rows of X"
+            )
+        glabels, gcodes = encode_labels(g, None, "group")
+        clabels, ccodes = encode_labels(y, None, "class")
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    return X, glabels, gcodes, clabels, ccodes
+
+
 def _block_partial(
     X: Array,
     y: NDArray[Any],
@@ -172,25 +192,15 @@ def _block_partial(
     features: Sequence[str] | None,
     where: str,
     pooled: bool = False,
+    group_order: Sequence[Hashable] | None = None,
 ) -> Partial:
     """Statistics of one block of rows of a dask array (labels: the block's own, sorted)."""
     d = len(family)
     span = FeatureRange(d)
-    X = np.ascontiguousarray(X, dtype=np.float64)  # row gathers of column-major X are slow
-    y, g = np.asarray(y).reshape(-1), np.asarray(g).reshape(-1)
     if X.shape[0] == 0:
         return Partial(None, span)
-    try:
-        if y.size != X.shape[0] or g.size != X.shape[0]:
-            raise InputError(
-                f"X has {X.shape[0]} rows but y has {y.size} and groups has {g.size}; "
-                "partition y and groups like the rows of X"
-            )
-        Z = family.forward(X, None, features)
-        glabels, gcodes = encode_labels(g, None, "group")
-        clabels, ccodes = encode_labels(y, None, "class")
-    except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
+    X, glabels, gcodes, clabels, ccodes = _block_rows(X, y, g, where)
+    Z = _forward(family, X, glabels, gcodes, group_order, features, where)
     span.update(Z)
     with np.errstate(all="ignore"):
         stats = cell_statistics_from_codes(Z, gcodes, ccodes, glabels, clabels, pooled=pooled)
@@ -238,17 +248,42 @@ def _as_row_blocks(X: Any, y: Any, groups: Any) -> tuple[Any, Any, Any]:
     return X, out[0], out[1]
 
 
-def _families(family: Any, d: int) -> Families:
-    """The features' families, fitted (statistics are accumulated on the Gaussian scale)."""
-    fam = family if isinstance(family, Families) else Families(family, d)
+def _families(family: Any, d: int, features: Sequence[str] | None = None) -> Families:
+    """The features' families (fitted here, or in a first pass by :func:`_fit_families`)."""
+    fam = family if isinstance(family, Families) else Families(family, d, features)
     if len(fam) != d:
         raise InputError(f"{len(fam)} families given for {d} features; give one per feature")
-    if not fam.fitted:
-        raise InputError(
-            "a family with parameters must be fitted before a Dask fit (Families.fit on a "
-            "sample of the rows), since the statistics are accumulated on the Gaussian scale"
-        )
     return fam
+
+
+def _group_lut(
+    labels: Sequence[Hashable], order: Sequence[Hashable] | None, where: str
+) -> NDArray[np.intp] | None:
+    """Codes of a partition's labels in the model's group order (per-group families)."""
+    if order is None:
+        return None
+    index = {label: k for k, label in enumerate(order)}
+    missing = [label for label in labels if label not in index]
+    if missing:
+        raise InputError(f"{where}: group {missing[0]!r} is not among group_labels {tuple(order)}")
+    return np.array([index[label] for label in labels], dtype=np.intp)
+
+
+def _forward(
+    family: Families,
+    X: Array,
+    glabels: Sequence[Hashable],
+    gcodes: NDArray[np.intp],
+    group_order: Sequence[Hashable] | None,
+    features: Sequence[str] | None,
+    where: str,
+) -> Array:
+    """``X`` on the Gaussian scale (partition-local group codes mapped to the model's order)."""
+    lut = _group_lut(glabels, group_order, where) if family.group_dependent else None
+    try:
+        return family.forward(X, None if lut is None else lut[gcodes], features)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 # -------------------------------------------------------- map: dataframes
@@ -301,17 +336,19 @@ def _frame_partial(
     family: Families,
     where: str,
     pooled: bool = False,
+    group_order: Sequence[Hashable] | None = None,
 ) -> Partial:
     """Statistics of one dataframe partition (labels: the partition's own, sorted)."""
     span = FeatureRange(len(features))
     if len(df) == 0:
         return Partial(None, span)
     X = _frame_features(df, features, where)
-    try:
-        Z = family.forward(X, None, features)
-    except InputError as exc:
-        raise InputError(f"{where}: {exc}") from None
-    glabels, gcodes = _frame_codes(df[group], "group", where)
+    if family.group_dependent:
+        glabels, gcodes = _frame_codes(df[group], "group", where)
+        Z = _forward(family, X, glabels, gcodes, group_order, features, where)
+    else:
+        Z = _forward(family, X, (), np.empty(0, np.intp), None, features, where)
+        glabels, gcodes = _frame_codes(df[group], "group", where)
     clabels, ccodes = _frame_codes(df[label], "class", where)
     span.update(Z)
     with np.errstate(all="ignore"):
@@ -357,7 +394,26 @@ def _frame_layout(
 # ------------------------------------------------------------------- fit
 
 
-def _partials(
+@dataclass(frozen=True, eq=False)
+class _Blocks:
+    """The partitions of the data as delayed objects, with what every task needs.
+
+    ``inputs[k]``: the delayed arguments of partition k (a dataframe
+    partition, or the row block of X, y and groups); ``lengths``: the rows of
+    every partition when known without a pass (arrays with known chunks).
+    """
+
+    frame: bool
+    inputs: list[tuple[Any, ...]]
+    wheres: list[str]
+    names: list[str] | None
+    family: Families
+    group: str | None = None
+    label: str | None = None
+    lengths: list[int] | None = None
+
+
+def _blocks(
     data: Any,
     y: Any,
     groups: Any,
@@ -365,26 +421,16 @@ def _partials(
     label: str | None,
     features: Sequence[str] | None,
     family: Any,
-    pooled: bool = False,
-) -> tuple[list[Any], list[str] | None, Families]:
-    """Delayed partials of every partition, the feature names and the family.
-
-    ``pooled``: keep one pooled within-class scatter per group (enough for a
-    shared covariance, K times smaller partials).
-    """
-    dask = _dask()
+) -> _Blocks:
+    """Check the data and cut them into partitions (nothing is computed)."""
     if _is_frame(data):
         if y is not None or groups is not None:
             raise InputError("with a dataframe, name the columns: group='...', label='...'")
         names = _frame_layout(data, group, label, features)
-        fam = _families(family, len(names))
-        parts = [
-            dask.delayed(_frame_partial, pure=True)(
-                part, names, group, label, fam, f"partition {k}", pooled
-            )
-            for k, part in enumerate(data.to_delayed())
-        ]
-        return parts, names, fam
+        fam = _families(family, len(names), names)
+        parts = [(part,) for part in data.to_delayed()]
+        wheres = [f"partition {k}" for k in range(len(parts))]
+        return _Blocks(True, parts, wheres, names, fam, group, label)
     if group is not None or label is not None:
         raise InputError(
             "with an array X, pass y and groups as arrays (group=/label= name columns)"
@@ -394,18 +440,136 @@ def _partials(
     names = None if features is None else [str(f) for f in features]
     if names is not None and len(names) != d:
         raise InputError(f"{len(names)} feature names given for {d} features")
-    fam = _families(family, d)
+    fam = _families(family, d, names)
     starts = np.concatenate([[0], np.cumsum(X.chunks[0])])
-    blocks = zip(X.to_delayed()[:, 0], y.to_delayed(), groups.to_delayed())
+    inputs = list(zip(X.to_delayed()[:, 0], y.to_delayed(), groups.to_delayed()))
+    known = bool(np.all(np.isfinite(starts)))
+    wheres = [
+        f"partition {k} (rows {int(starts[k])} to {int(starts[k + 1]) - 1})"
+        if np.isfinite(starts[k + 1])
+        else f"partition {k}"
+        for k in range(len(inputs))
+    ]
+    lengths = [int(c) for c in X.chunks[0]] if known else None
+    return _Blocks(False, inputs, wheres, names, fam, lengths=lengths)
+
+
+def _partials(
+    blocks: _Blocks, family: Families, pooled: bool, group_order: Sequence[Hashable] | None
+) -> list[Any]:
+    """Delayed partials of every partition.
+
+    ``pooled``: keep one pooled within-class scatter per group (enough for a
+    shared covariance, K times smaller partials). ``group_order``: the
+    model's group labels (the codes of per-group families follow it).
+    """
+    dask = _dask()
+    out = []
+    for inp, where in zip(blocks.inputs, blocks.wheres):
+        if blocks.frame:
+            args = (blocks.names, blocks.group, blocks.label, family, where, pooled, group_order)
+            out.append(dask.delayed(_frame_partial, pure=True)(*inp, *args))
+        else:
+            args = (family, blocks.names, where, pooled, group_order)
+            out.append(dask.delayed(_block_partial, pure=True)(*inp, *args))
+    return out
+
+
+# ------------------------------------------------------- family sample
+
+
+def _frame_sample(
+    df: Any,
+    features: Sequence[str],
+    group: str,
+    label: str,
+    where: str,
+    first_row: int,
+    size: int,
+    seed: int,
+) -> Any:
+    """The family sample of one dataframe partition (rows ``first_row``, ... of the data)."""
+    from fairsteer.sampling import RowSample
+
+    if len(df) == 0:
+        return RowSample.empty(len(features), size, seed)
+    X = _checked_finite(_frame_features(df, features, where), features, where)
+    glabels, gcodes = _frame_codes(df[group], "group", where)
+    clabels, ccodes = _frame_codes(df[label], "class", where)
+    return RowSample.of(
+        X, gcodes, ccodes, glabels, clabels, first_row=first_row, size=size, seed=seed
+    )
+
+
+def _block_sample(
+    X: Array,
+    y: NDArray[Any],
+    g: NDArray[Any],
+    features: Sequence[str] | None,
+    where: str,
+    first_row: int,
+    size: int,
+    seed: int,
+) -> Any:
+    """The family sample of one row block of a dask array."""
+    from fairsteer.sampling import RowSample
+
+    if X.shape[0] == 0:
+        return RowSample.empty(X.shape[1], size, seed)
+    X, glabels, gcodes, clabels, ccodes = _block_rows(X, y, g, where)
+    X = _checked_finite(X, features, where)
+    return RowSample.of(
+        X, gcodes, ccodes, glabels, clabels, first_row=first_row, size=size, seed=seed
+    )
+
+
+def _checked_finite(X: Array, features: Sequence[str] | None, where: str) -> Array:
+    try:
+        return Families("normal", X.shape[1]).forward(X, None, features)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
+def _block_length(*inputs: Any) -> int:
+    return len(inputs[0])
+
+
+def _fit_families(
+    blocks: _Blocks,
+    group_labels: Sequence[Hashable] | None,
+    class_labels: Sequence[Hashable] | None,
+    size: int,
+    seed: int,
+    split_every: int,
+) -> tuple[Families, tuple[Hashable, ...]]:
+    """Fit the families on a seeded uniform sample of at most ``size`` rows.
+
+    Two passes: the rows of every partition (unless known), then every
+    partition's bottom-k sample (:class:`fairsteer.sampling.RowSample`, keys
+    hashed from a row's index in the whole data) merged by a tree. Returns the
+    fitted families and the model's group labels.
+    """
+    from fairsteer.sampling import merge_samples
+
+    dask = _dask()
+    lengths = blocks.lengths
+    if lengths is None:
+        lengths = list(dask.compute(*[dask.delayed(_block_length)(*inp) for inp in blocks.inputs]))
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
     parts = []
-    for k, (xb, yb, gb) in enumerate(blocks):
-        where = (
-            f"partition {k} (rows {int(starts[k])} to {int(starts[k + 1]) - 1})"
-            if np.isfinite(starts[k + 1])
-            else f"partition {k}"
-        )
-        parts.append(dask.delayed(_block_partial, pure=True)(xb, yb, gb, fam, names, where, pooled))
-    return parts, names, fam
+    for inp, where, first in zip(blocks.inputs, blocks.wheres, offsets):
+        if blocks.frame:
+            args = (blocks.names, blocks.group, blocks.label, where, first, size, seed)
+            parts.append(dask.delayed(_frame_sample, pure=True)(*inp, *args))
+        else:
+            args = (blocks.names, where, first, size, seed)
+            parts.append(dask.delayed(_block_sample, pure=True)(*inp, *args))
+    (sample,) = dask.compute(tree_reduce(parts, split_every, merge_samples))
+    if sample.n_rows == 0:
+        raise InputError("the data have no rows; a fit needs samples of every (group, class)")
+    order_g = tuple(group_labels) if group_labels is not None else _sorted(sample.group_labels)
+    order_c = tuple(class_labels) if class_labels is not None else _sorted(sample.class_labels)
+    return sample.fit(blocks.family, order_g, order_c, seed=seed), order_g
 
 
 def cell_statistics_dask(
@@ -420,6 +584,8 @@ def cell_statistics_dask(
     group_labels: Sequence[Hashable] | None = None,
     class_labels: Sequence[Hashable] | None = None,
     split_every: int = SPLIT_EVERY,
+    family_sample: int = DEFAULT_SAMPLE_ROWS,
+    seed: int = 0,
 ) -> CellStats:
     r"""Per-cell count, mean and centred scatter of a dask array or dataframe.
 
@@ -447,17 +613,32 @@ def cell_statistics_dask(
     features : sequence of str, optional
         Dataframe: the feature columns (default every numeric column but
         group and label). Array: feature names for messages.
-    family : {"normal", "lognormal"} or one per feature
-        Log-normal features enter as their log.
+    family : str, Family, one per feature, or columns
+        As :func:`fairsteer.fit_model`. Families with parameters
+        (``yeo-johnson``, ``normal-scores``, ``auto``, ``-by-group``) are
+        fitted first on a seeded uniform sample of at most ``family_sample``
+        rows (two extra passes: the rows of every partition, unless the chunks
+        of an array are known, then every partition's sample, merged by a
+        tree; :mod:`fairsteer.sampling`); the statistics are then accumulated
+        on their Gaussian scale. Data of at most ``family_sample`` rows are
+        fitted on every row, exactly as ``fit_model`` fits them. An already
+        fitted per-group family needs ``group_labels``.
     group_labels, class_labels : sequence, optional
         Label order; default the sorted labels of the whole data.
     split_every : int
         Partials merged per node of the reduction tree.
+    family_sample : int
+        Largest number of rows the families are fitted on (at least 2).
+        Memory: a task holds at most ``split_every`` samples of
+        ``family_sample`` rows and d features.
+    seed : int
+        Seed of the sample and of ``auto``'s held-out split. The sample is a
+        function of the seed and the rows in order only, not of the partitions.
 
     Returns
     -------
     CellStats
-        On the model scale (log for log-normal features).
+        On the model scale (the families' Gaussian scale).
 
     Raises
     ------
@@ -479,6 +660,8 @@ def cell_statistics_dask(
         "per-class",
         None,
         model=False,
+        family_sample=family_sample,
+        seed=seed,
     )[0]
 
 
@@ -496,20 +679,26 @@ def fit_model_dask(
     group_labels: Sequence[Hashable] | None = None,
     class_labels: Sequence[Hashable] | None = None,
     split_every: int = SPLIT_EVERY,
+    family_sample: int = DEFAULT_SAMPLE_ROWS,
+    seed: int = 0,
 ) -> GaussianModel:
     """Fit the model of :func:`fairsteer.fit_model` from a dask array or dataframe.
 
     The statistics come from :func:`cell_statistics_dask` (one pass over the
-    data, a tree reduction); the model is
+    data, a tree reduction; families with parameters are fitted first, on a
+    bounded sample); the model is
     ``model_from_stats(stats, covariance=..., shrinkage=..., family=...)``:
     priors ``counts / n``, the cell means, and the maximum-likelihood
     covariances (scatter / count per cell, or the pooled within-class scatter
     of a group), optionally shrunk (:func:`fairsteer.shrink_covariance`).
-    Equal to ``fit_model`` on the same rows up to round-off.
+    Equal to ``fit_model`` on the same rows up to round-off (with families to
+    fit: when there are at most ``family_sample`` rows).
 
     Parameters
     ----------
-    data, y, groups, group, label, features, family, group_labels, class_labels, split_every
+    data, y, groups, group, label, features, family, group_labels, class_labels
+        As :func:`cell_statistics_dask`.
+    split_every, family_sample, seed
         As :func:`cell_statistics_dask`.
     covariance : {"per-class", "shared"}
     shrinkage : None, float in [0, 1] or "oas"
@@ -539,6 +728,8 @@ def fit_model_dask(
         covariance,
         shrinkage,
         model=True,
+        family_sample=family_sample,
+        seed=seed,
     )[1]
 
 
@@ -556,17 +747,35 @@ def _fit(
     covariance: str,
     shrinkage: float | str | None,
     model: bool,
+    family_sample: int = DEFAULT_SAMPLE_ROWS,
+    seed: int = 0,
 ) -> tuple[CellStats, GaussianModel | None]:
     dask = _dask()
     check_fit_options(covariance, shrinkage)
+    size = check_sample_rows(family_sample)
+    if split_every < 2:
+        raise InputError(f"split_every must be at least 2, got {split_every}")
     pooled = model and covariance == "shared"
-    parts, names, fam = _partials(data, y, groups, group, label, features, family, pooled)
+    blocks = _blocks(data, y, groups, group, label, features, family)
+    fam = blocks.family
+    group_order = None if group_labels is None else tuple(group_labels)
+    if not fam.fitted:
+        fam, group_order = _fit_families(
+            blocks, group_labels, class_labels, size, seed, split_every
+        )
+    elif fam.group_dependent and group_order is None:
+        raise InputError(
+            "a family fitted per group needs group_labels (the order its groups were fitted "
+            "in); pass group_labels"
+        )
+    parts = _partials(blocks, fam, pooled, group_order if fam.group_dependent else None)
+    names = blocks.names
     (total,) = dask.compute(tree_reduce(parts, split_every))
     if not model:
         if total.stats is None:
             raise InputError("the data have no rows")
         total.span.check(names)
-        order_g = group_labels if group_labels is not None else _sorted(total.stats.groups)
+        order_g = group_order if group_order is not None else _sorted(total.stats.groups)
         order_c = class_labels if class_labels is not None else _sorted(total.stats.classes)
         return total.stats.aligned(order_g, order_c), None
     return finish_fit(
@@ -575,7 +784,7 @@ def _fit(
         covariance=covariance,
         shrinkage=shrinkage,
         features=names,
-        group_labels=group_labels,
+        group_labels=group_order,
         class_labels=class_labels,
     )
 

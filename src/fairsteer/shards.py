@@ -24,6 +24,7 @@ of ``--workers N`` processes, or the scheduler at ``--scheduler ADDRESS``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import shutil
@@ -40,7 +41,14 @@ from fairsteer.errors import InputError
 from fairsteer.options import parse_shrinkage
 from fairsteer.stats import CellStats, FeatureRange
 
-__all__ = ["ENGINES", "fit_command", "shard_paths", "steer_command", "use_shards"]
+__all__ = [
+    "ENGINES",
+    "fit_command",
+    "no_context_on_shards",
+    "shard_paths",
+    "steer_command",
+    "use_shards",
+]
 
 ENGINES = ("local", "dask")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -109,6 +117,21 @@ def use_shards(args: Any) -> bool:
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     return engine == "dask" or shard_paths(args.data) is not None
+
+
+def no_context_on_shards(args: Any) -> None:
+    """``--context`` reads one table into memory: refuse shards and ``--engine dask`` with it.
+
+    Raises
+    ------
+    InputError
+        For a directory or glob of shards, or ``--engine dask``, with ``--context``.
+    """
+    if use_shards(args):
+        raise InputError(
+            "--context reads one table into memory; it does not take shards or --engine dask "
+            "yet: concatenate the shards into one file"
+        )
 
 
 # ----------------------------------------------------------------- labels
@@ -192,6 +215,12 @@ class Layout:
         The features were chosen by default (errors then suggest --features).
     pooled : bool
         Keep one pooled within-class scatter per group (``--covariance shared``).
+    dequantize : tuple of str
+        The ``--dequantize`` columns.
+    seed : int
+        Seed of the dequantisation noise and of the family sample.
+    group_codes : dict, optional
+        Group label key -> the model's group code (for per-group families).
     """
 
     names: list[str]
@@ -201,6 +230,28 @@ class Layout:
     family: Any
     defaulted: bool
     pooled: bool = False
+    dequantize: tuple[str, ...] = ()
+    seed: int = 0
+    group_codes: dict[Hashable, int] | None = None
+
+    def floats(self, chunk: Any, offset: int) -> NDArray[np.float64]:
+        """A chunk's features (``--dequantize`` columns dequantised by table row index)."""
+        from argparse import Namespace
+
+        from fairsteer.cli import chunk_features
+
+        args = Namespace(dequantize=list(self.dequantize), seed=self.seed)
+        return chunk_features(chunk, self.features, args, offset)  # type: ignore[no-any-return]
+
+    def forward(self, X: NDArray[np.float64], coder: Any, codes: Any, kind: str) -> Any:
+        """Features on the Gaussian scale; per-group families get the model's group codes."""
+        if not self.family.group_dependent:
+            return self.family.forward(X, None, self.features)
+        lut = np.array(
+            [self.group_codes[label_key(kind, v)] for v in coder.labels],  # type: ignore[index]
+            dtype=np.intp,
+        )
+        return self.family.forward(X, lut[codes], self.features)
 
 
 def _in_shard(path: Path, exc: InputError, hint: str = "") -> InputError:
@@ -224,8 +275,11 @@ def _open_shard(path: Path, layout: Layout) -> Any:
     return source
 
 
-def shard_partial(path: Path, layout: Layout) -> ShardPartial:
+def shard_partial(path: Path, layout: Layout, offset: int = 0) -> ShardPartial:
     """Statistics of one shard, streamed chunk by chunk (the one-file path of ``fit``).
+
+    ``offset`` is the number of rows in the shards before this one (the
+    dequantisation noise depends on a row's index in the whole table).
 
     Raises
     ------
@@ -246,12 +300,12 @@ def shard_partial(path: Path, layout: Layout) -> ShardPartial:
         classes = LabelCoder(source, layout.label, "class")
         for chunk in source.chunks():
             try:
-                X = chunk.floats(features)
+                X = layout.floats(chunk, offset)
             except InputError as exc:
                 raise _in_shard(path, exc, FEATURES_HINT if layout.defaulted else "") from None
             c = classes.encode(chunk)
             g = groups.encode(chunk)
-            Z = layout.family.forward(X, None, features)
+            Z = layout.forward(X, groups, g, source.kind)
             span.update(Z)
             part = cell_statistics_from_codes(
                 Z, g, c, groups.labels, classes.labels, pooled=layout.pooled
@@ -274,6 +328,94 @@ def shard_partial(path: Path, layout: Layout) -> ShardPartial:
     return ShardPartial(Partial(stats, span), spellings, n_rows)
 
 
+def shard_rows(path: Path, layout: Layout) -> int:
+    """Data rows of one shard (Parquet: from its footer; CSV: by reading it).
+
+    Needed before a pass that depends on a row's index in the whole table
+    (the family sample's keys, the dequantisation noise).
+    """
+    try:
+        source = _open_shard(path, layout)
+        if source.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        return sum(chunk.n_rows for chunk in source.chunks())
+    except InputError as exc:
+        raise _in_shard(path, exc) from None
+
+
+@dataclass(frozen=True, eq=False)
+class ShardSample:
+    """The family sample of some shards (labels are :func:`label_key` keys) and their spellings."""
+
+    sample: Any
+    spellings: dict[Hashable, Hashable]
+
+    @property
+    def n_rows(self) -> int:
+        """Rows seen."""
+        return int(self.sample.n_rows)
+
+
+def merge_shard_samples(*parts: ShardSample) -> ShardSample:
+    """Merge left to right; the first spelling of a label (in shard order) wins."""
+    from fairsteer.sampling import merge_samples
+
+    spellings: dict[Hashable, Hashable] = {}
+    for part in parts:
+        for key, text in part.spellings.items():
+            spellings.setdefault(key, text)
+    return ShardSample(merge_samples(*(p.sample for p in parts)), spellings)
+
+
+def shard_sample(path: Path, layout: Layout, offset: int, size: int) -> ShardSample:
+    """The family sample of one shard (rows ``offset``, ``offset + 1``, ... of the table).
+
+    Every row is read and checked as in :func:`shard_partial`; at most
+    ``size`` rows (the smallest keys, :class:`fairsteer.sampling.RowSample`)
+    are kept at any time.
+    """
+    from fairsteer.io import LabelCoder
+    from fairsteer.sampling import RowSample
+
+    sample = RowSample.empty(len(layout.features), size, layout.seed)
+    try:
+        source = _open_shard(path, layout)
+        groups = LabelCoder(source, layout.group, "group")
+        classes = LabelCoder(source, layout.label, "class")
+        for chunk in source.chunks():
+            try:
+                X = layout.floats(chunk, offset)
+            except InputError as exc:
+                raise _in_shard(path, exc, FEATURES_HINT if layout.defaulted else "") from None
+            g, c = groups.encode(chunk), classes.encode(chunk)
+            part = RowSample.of(
+                X,
+                g,
+                c,
+                range(len(groups.labels)),
+                range(len(classes.labels)),
+                first_row=offset + chunk.start,
+                size=size,
+                seed=layout.seed,
+            )
+            sample = sample.merge(part)
+    except InputError as exc:
+        raise _in_shard(path, exc) from None
+    # Codes -> label keys (CSV cells spelling one number are one label across shards).
+    kind = source.kind
+    gk = tuple(label_key(kind, v) for v in groups.labels)
+    ck = tuple(label_key(kind, v) for v in classes.labels)
+    spellings = {**dict(zip(gk, groups.labels)), **dict(zip(ck, classes.labels))}
+    sample = dataclasses.replace(
+        sample,
+        group_labels=tuple(gk[k] for k in sample.group_labels),
+        class_labels=tuple(ck[k] for k in sample.class_labels),
+    )
+    return ShardSample(sample, spellings)
+
+
 @dataclass(frozen=True)
 class SteerPlan:
     """What every steer task needs: the maps, the label codes and the cell weights."""
@@ -284,6 +426,7 @@ class SteerPlan:
     class_index: dict[Hashable, int]
     cell_weights: NDArray[np.float64]
     weight_column: str
+    round_dequantized: bool = False
 
 
 def _codes(coder: Any, chunk: Any, index: dict[Hashable, int], kind: str) -> NDArray[np.intp]:
@@ -295,11 +438,12 @@ def _codes(coder: Any, chunk: Any, index: dict[Hashable, int], kind: str) -> NDA
     return lut[local]
 
 
-def shard_steer(path: Path, target: Path, out_kind: str, plan: SteerPlan) -> int:
+def shard_steer(path: Path, target: Path, out_kind: str, plan: SteerPlan, offset: int = 0) -> int:
     """Steer one shard into ``target`` (written atomically); returns its row count.
 
     Feature columns are replaced in place, every other column is carried as
     the one-file ``steer`` carries it, and the weight column is appended.
+    ``offset``: the rows of the shards before this one (dequantisation noise).
     """
     from fairsteer.io import LabelCoder, TableWriter, atomic_output
 
@@ -316,10 +460,14 @@ def shard_steer(path: Path, target: Path, out_kind: str, plan: SteerPlan) -> int
             names = [*source.names, plan.weight_column]
             writer = TableWriter(fh, out_kind, names, source)
             for chunk in source.chunks():
-                X = chunk.floats(layout.features)
+                X = layout.floats(chunk, offset)
                 c = _codes(classes, chunk, plan.class_index, source.kind)
                 g = _codes(groups, chunk, plan.group_index, source.kind)
                 steered = maps.steer(X, class_names[c], group_names[g])
+                if plan.round_dequantized:
+                    for name in layout.dequantize:  # floor inverts x + U, U in [0, 1)
+                        j = layout.features.index(name)
+                        steered[:, j] = np.floor(steered[:, j])
                 updates = {name: steered[:, j] for j, name in enumerate(layout.features)}
                 updates[plan.weight_column] = plan.cell_weights[g * K + c]
                 writer.write(chunk, updates)
@@ -355,22 +503,50 @@ def _empty_parquet(fh: Any, path: Path, names: list[str], features: list[str]) -
 class LocalRunner:
     """Run shard tasks one after the other in this process."""
 
-    def reduce(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> Any:
+    def reduce(
+        self,
+        fn: Callable[..., Any],
+        items: Sequence[tuple[Any, ...]],
+        merge: Callable[..., Any] = merge_shard_partials,
+    ) -> Any:
         total = None
         for item in items:
             part = fn(*item)
-            total = part if total is None else merge_shard_partials(total, part)
+            total = part if total is None else merge(total, part)
         return total
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
         return [fn(*item) for item in items]
 
+    def reduce_at_offsets(
+        self,
+        fn: Callable[..., Any],
+        shards: Sequence[Path],
+        layout: Layout,
+        rest: tuple[Any, ...],
+        merge: Callable[..., Any],
+        offsets: list[int] | None,
+    ) -> tuple[Any, list[int]]:
+        """``fn(path, layout, offset, *rest)`` merged over the shards, and the offsets.
+
+        Shard after shard: unknown offsets are counted on the way (each part's
+        ``n_rows``), with no extra pass.
+        """
+        total, found, offset = None, [], 0
+        for k, path in enumerate(shards):
+            start = offset if offsets is None else offsets[k]
+            part = fn(path, layout, start, *rest)
+            found.append(start)
+            offset = start + part.n_rows
+            total = part if total is None else merge(total, part)
+        return total, found
+
 
 class DaskRunner:
     """Run shard tasks on a ``distributed`` client.
 
-    :meth:`reduce` merges the shards' statistics by a tree
-    (:func:`fairsteer.dask.tree_reduce`); :meth:`map` waits for every task,
+    :meth:`reduce` merges the shards' statistics (or family samples) by a
+    tree (:func:`fairsteer.dask.tree_reduce`); :meth:`map` waits for every task,
     finished or failed, before it reports the first failure (in shard order),
     so that no task is still writing when the caller cleans up.
     """
@@ -378,15 +554,40 @@ class DaskRunner:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def reduce(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> Any:
+    def reduce(
+        self,
+        fn: Callable[..., Any],
+        items: Sequence[tuple[Any, ...]],
+        merge: Callable[..., Any] = merge_shard_partials,
+    ) -> Any:
         import dask
 
         from fairsteer.dask import tree_reduce
 
         parts = [dask.delayed(fn, pure=False)(*item) for item in items]
-        tree = tree_reduce(parts, merge=merge_shard_partials)
+        tree = tree_reduce(parts, merge=merge)
         with _engine_errors():
             return self.client.compute(tree).result()
+
+    def reduce_at_offsets(
+        self,
+        fn: Callable[..., Any],
+        shards: Sequence[Path],
+        layout: Layout,
+        rest: tuple[Any, ...],
+        merge: Callable[..., Any],
+        offsets: list[int] | None,
+    ) -> tuple[Any, list[int]]:
+        """``fn(path, layout, offset, *rest)`` merged by a tree, and the offsets.
+
+        The tasks run at once, so unknown offsets come from a first pass that
+        counts every shard's rows (:func:`shard_rows`).
+        """
+        if offsets is None:
+            counts = self.map(shard_rows, [(path, layout) for path in shards])
+            offsets = [0, *np.cumsum(counts)[:-1].astype(int).tolist()]
+        items = [(path, layout, start, *rest) for path, start in zip(shards, offsets)]
+        return self.reduce(fn, items, merge), offsets
 
     def map(self, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]]) -> list[Any]:
         with _engine_errors():
@@ -464,17 +665,6 @@ def runner(args: Any, n_tasks: int) -> Iterator[LocalRunner | DaskRunner]:
 # ----------------------------------------------------------------- commands
 
 
-def _families(family: Sequence[str], d: int) -> Any:
-    """``--family`` (one name, or one per feature) as fitted :class:`~fairsteer.Families`."""
-    from fairsteer.families import Families
-
-    fam = tuple(family)
-    out = Families(fam[0] if len(fam) == 1 else fam, d)
-    if not out.fitted:
-        raise InputError("a family with parameters cannot be fitted from shards yet")
-    return out
-
-
 def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Layout, Any]:
     """Columns, features and family, from the first shard (its first chunk for the features)."""
     from fairsteer.io import open_table
@@ -503,7 +693,9 @@ def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Lay
             break
         if not features:
             raise InputError("no numeric feature columns found; name them with --features")
-    family = _families(args.family, len(features))
+    from fairsteer.cli import _families
+
+    family = _families(args.family, len(features), features)
     layout = Layout(
         list(first.names),
         features,
@@ -512,25 +704,89 @@ def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Lay
         family,
         not args.features,
         args.covariance == "shared",
+        tuple(getattr(args, "dequantize", None) or ()),
+        getattr(args, "seed", 0),
     )
     return layout, family
 
 
 @dataclass
 class ShardFit:
-    """The model of a sharded fit and what the steer pass needs."""
+    """The model of a sharded fit and what the steer pass needs.
+
+    ``offsets[k]``: the rows of the shards before shard k (all zero when no
+    pass needs a row's index in the whole table).
+    """
 
     model: Any
     layout: Layout
     total: ShardPartial
     kind: str
+    offsets: list[int]
+
+
+def _sorted_keys(keys: Sequence[Hashable], spellings: dict[Hashable, Hashable]) -> list[Hashable]:
+    """Label keys in the sorted order of their spellings (the model's label order)."""
+    try:
+        return sorted(keys, key=lambda k: spellings[k])  # type: ignore[arg-type,return-value]
+    except TypeError:
+        raise InputError(
+            "group or class labels mix types across shards (e.g. numbers and strings); "
+            "convert the column to one type"
+        ) from None
+
+
+def _fit_families(
+    args: Any, shards: list[Path], run: Any, layout: Layout
+) -> tuple[Layout, tuple[Hashable, ...], tuple[Hashable, ...], list[int]]:
+    """Pass 1: the family sample of every shard, merged; the families fitted on it.
+
+    Returns the layout with the fitted families (and the model's group codes
+    for per-group ones), the model's group and class labels, and the offsets
+    of the shards (rows before each).
+    """
+    from fairsteer.cli import family_sample_rows
+
+    size = family_sample_rows(args)
+    total, offsets = run.reduce_at_offsets(
+        shard_sample, shards, layout, (size,), merge_shard_samples, None
+    )
+    sample, spell = total.sample, total.spellings
+    if sample.n_rows == 0:
+        raise InputError(f"the {len(shards)} shard(s) of {args.data} have no data rows")
+    order_g = _sorted_keys(sample.group_labels, spell)
+    order_c = _sorted_keys(sample.class_labels, spell)
+    family = sample.fit(layout.family, order_g, order_c, seed=layout.seed)
+    layout = dataclasses.replace(
+        layout, family=family, group_codes={key: k for k, key in enumerate(order_g)}
+    )
+    return layout, tuple(spell[k] for k in order_g), tuple(spell[k] for k in order_c), offsets
 
 
 def _fit(args: Any, shards: list[Path], run: Any, reserved: Sequence[str] = ()) -> ShardFit:
+    """Fit from the shards: the family sample first where needed, then the statistics.
+
+    - pass 1 (only with families to fit): the family sample
+      (:func:`_fit_families`);
+    - pass 2: the cell statistics on the Gaussian scale, tree-merged.
+
+    Both need every row's index in the whole table (the sample's keys, the
+    ``--dequantize`` noise): the local engine counts the rows on the way, the
+    Dask engine counts every shard's rows first (:func:`shard_rows`).
+    """
+    from fairsteer.cli import family_sample_rows
     from fairsteer.dask import Partial, finish_fit
 
+    family_sample_rows(args)  # checked before any pass
     layout, family = _layout(args, shards, reserved)
-    total = run.reduce(shard_partial, [(path, layout) for path in shards])
+    offsets = None if layout.dequantize else [0] * len(shards)
+    group_labels = class_labels = None
+    if not family.fitted:
+        layout, group_labels, class_labels, offsets = _fit_families(args, shards, run, layout)
+        family = layout.family
+    total, offsets = run.reduce_at_offsets(
+        shard_partial, shards, layout, (), merge_shard_partials, offsets
+    )
     stats = total.labelled()
     if stats is None:
         raise InputError(f"the {len(shards)} shard(s) of {args.data} have no data rows")
@@ -540,10 +796,10 @@ def _fit(args: Any, shards: list[Path], run: Any, reserved: Sequence[str] = ()) 
         covariance=args.covariance,
         shrinkage=parse_shrinkage(args.shrinkage),
         features=layout.features,
-        group_labels=None,
-        class_labels=None,
+        group_labels=group_labels,
+        class_labels=class_labels,
     )
-    return ShardFit(model, layout, total, SUFFIXES[shards[0].suffix.lower()])
+    return ShardFit(model, layout, total, SUFFIXES[shards[0].suffix.lower()], offsets)
 
 
 def _check_output(output: Path, shards: Sequence[Path]) -> None:
@@ -599,6 +855,8 @@ def steer_command(args: Any) -> int:
     sharded = shard_paths(args.data)
     shards = sharded or [Path(args.data)]
     output = Path(args.output)
+    if getattr(args, "round_dequantized", False) and not args.dequantize:
+        raise InputError("--round-dequantized floors the --dequantize columns; name them")
     if sharded is None:
         _check_output(output, shards)
         out_kinds = [_file_kind(output)]
@@ -628,13 +886,16 @@ def steer_command(args: Any) -> int:
             {label_key(kind, v): k for k, v in enumerate(model.classes)},
             cell_weights,
             args.weight_column,
+            bool(getattr(args, "round_dequantized", False)),
         )
+        starts = fitted.offsets
         if sharded is None:
-            counts = run.map(shard_steer, [(shards[0], output, out_kinds[0], plan)])
+            counts = run.map(shard_steer, [(shards[0], output, out_kinds[0], plan, 0)])
         else:
             with _staging(output) as stage:
                 items = [
-                    (path, stage / path.name, kind, plan) for path, kind in zip(shards, out_kinds)
+                    (path, stage / path.name, kind, plan, start)
+                    for path, kind, start in zip(shards, out_kinds, starts)
                 ]
                 counts = run.map(shard_steer, items)
     if args.artifacts:

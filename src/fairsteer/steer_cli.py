@@ -22,6 +22,9 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from fairsteer.solve import solve
 
     if args.context:
+        from fairsteer.shards import no_context_on_shards
+
+        no_context_on_shards(args)
         from fairsteer.context_cli import cmd_steer
 
         return cmd_steer(args)
