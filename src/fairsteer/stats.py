@@ -467,6 +467,11 @@ def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
 
 
 GATHER_THREADS = 2  # threads gathering and shifting each chunk (memory-bound work)
+# A chunk holds at least CHUNK_ROWS rows and about CHUNK_BYTES: BLAS's Z^T Z on
+# 2048 x 768 panels runs ~15% slower than on one large panel, on 8192 x 768
+# within 3% (benchmarks/bench_engine.py, this 2-core machine).
+CHUNK_BYTES = 48 << 20
+SUB_BLOCK_BYTES = 512 << 10  # rows gathered and shifted at a time: in L2 cache
 
 
 def _chunked_moments(
@@ -484,17 +489,23 @@ def _chunked_moments(
     adding to it, and the work stays one ``X^T X``.
     """
     d, n_seg = X.shape[1], bounds.size - 1
-    starts = list(range(0, rows.size, CHUNK_ROWS))
-    buffers = [np.empty((min(rows.size, CHUNK_ROWS), d)) for _ in range(min(2, len(starts)))]
+    chunk = max(CHUNK_ROWS, CHUNK_BYTES // (8 * d))
+    sub = max(1, SUB_BLOCK_BYTES // (8 * d))
+    starts = list(range(0, rows.size, chunk))
+    buffers = [np.empty((min(rows.size, chunk), d)) for _ in range(min(2, len(starts)))]
     S = np.zeros((d, d))
     T = np.zeros((n_seg, d))
 
     def gather(k: int, lo: int, hi: int) -> list[tuple[int, Array]]:
         """Rows [lo, hi) of chunk k into its buffer, shifted; their segment sums."""
         Z = buffers[k % 2][lo - starts[k] : hi - starts[k]]
-        np.take(X, rows[lo:hi], axis=0, out=Z)
         with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
-            Z -= shift
+            # in sub-blocks that fit in a core's cache, so the shift is applied
+            # to rows still in cache rather than in a second pass over memory
+            for a in range(0, hi - lo, sub):
+                block = Z[a : a + sub]
+                np.take(X, rows[lo + a : lo + a + block.shape[0]], axis=0, out=block)
+                block -= shift
             first = int(np.searchsorted(bounds, lo, side="right")) - 1
             last = int(np.searchsorted(bounds, hi, side="left"))
             return [
@@ -504,7 +515,7 @@ def _chunked_moments(
             ]
 
     def submit(pool: ThreadPoolExecutor, k: int) -> list[Future[list[tuple[int, Array]]]]:
-        lo, hi = starts[k], min(starts[k] + CHUNK_ROWS, rows.size)
+        lo, hi = starts[k], min(starts[k] + chunk, rows.size)
         cuts = np.linspace(lo, hi, GATHER_THREADS + 1).astype(np.intp)
         return [
             pool.submit(gather, k, int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a
@@ -519,7 +530,7 @@ def _chunked_moments(
             if k + 1 < len(starts):
                 # buffer (k + 1) % 2 held chunk k - 1, whose product is done
                 pending = submit(pool, k + 1)
-            Z = buffers[k % 2][: min(CHUNK_ROWS, rows.size - start)]
+            Z = buffers[k % 2][: min(chunk, rows.size - start)]
             S += Z.T @ Z
     return S, T
 
