@@ -49,6 +49,7 @@ MAX_ITER = 1000  # trust-region iterations for a refined start
 SCREEN_ITER = 15  # iterations per start before the best are refined
 REFINE = 2  # starts refined to convergence
 EIGEN_STARTS = 8  # covariant eigenvector-alignment starts screened (lowest f first)
+SAME_BASIN = 1e-2  # relative distance at which a run has reached a refined minimum
 ZERO_KL = 1e-14  # a start this close to KL = 0 is a global minimum (KL >= 0)
 
 
@@ -358,8 +359,11 @@ class MapBlock:
         return g, float(res.fun)
 
     # --------------------------------------------------------------- Newton
-    def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL):
-        """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations)."""
+    def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL, stop=None):
+        """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations).
+
+        ``stop(g, value, gnorm)``, if given, ends the run early when it returns True.
+        """
         d = self.d
 
         def fun(x: Array) -> tuple[float, Array]:
@@ -371,14 +375,22 @@ class MapBlock:
         def hessp(x: Array, p: Array) -> Array:
             return self.hessp(x.reshape(d, d), p.reshape(d, d)).ravel()
 
-        res = _trust_region(fun, hessp, g0.ravel(), max_iter, gtol)
+        stop_flat = None
+        if stop is not None:
+
+            def stop_flat(x: Array, f: float, gnorm: float) -> bool:
+                return stop(x.reshape(d, d), f, gnorm)
+
+        res = _trust_region(fun, hessp, g0.ravel(), max_iter, gtol, stop=stop_flat)
         g = res.x.reshape(d, d)
         value, grad = self.value_grad(g)
         gnorm = float(np.linalg.norm(grad)) if grad is not None else np.inf
         return g, value, gnorm, int(res.nit)
 
 
-def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, precond=None):
+def _trust_region(
+    fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, precond=None, stop=None
+):
     """Trust-region Newton with truncated preconditioned conjugate gradients (Steihaug-Toint).
 
     Minimises ``fun`` (returning value and gradient; value inf where
@@ -390,7 +402,8 @@ def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, prec
     falls below the round-off of f itself (|f| eps), where the usual ratio
     test is noise: a step is then accepted when it lowers the gradient norm
     instead, which keeps Newton's fast convergence down to ``gtol`` on the
-    (accurately computed) gradient.
+    (accurately computed) gradient. ``stop(x, f, gnorm)``, if given, is asked
+    after every accepted step and ends the run early when it returns True.
     """
     x = np.array(x0, dtype=np.float64)
     f, grad = fun(x)
@@ -426,6 +439,8 @@ def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, prec
             radius = 2.0 * radius
         if accept:
             x, f, grad, gnorm = x_new, f_new, grad_new, gnorm_new
+            if stop is not None and gnorm > gtol and stop(x, f, gnorm):
+                break
         if radius < 1e-14:
             break
     return _TRResult(x, f, gnorm, it)
@@ -488,6 +503,25 @@ def _to_boundary(p: Array, dvec: Array, Mp: Array, Md: Array, radius: float) -> 
     return (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
 
 
+def _near_any(g: Array, others: list[Array], rel: float = 1e-8) -> bool:
+    """Whether g equals one of ``others`` up to ``rel`` (relative Frobenius distance)."""
+    scale = np.linalg.norm(g)
+    return any(np.linalg.norm(g - h) <= rel * scale for h in others)
+
+
+def _same_basin(g: Array, value: float, ref_value: float, ref_g: Array) -> bool:
+    """Whether a run at (g, value) has reached the converged local minimum ref_g.
+
+    Within ``SAME_BASIN`` relative distance of a converged minimum and not
+    below its value, Newton can only converge to that minimum (the minima
+    found are strict: the Hessian there is positive definite), so refining
+    further would repeat work already done.
+    """
+    return value >= ref_value and bool(
+        np.linalg.norm(g - ref_g) <= SAME_BASIN * np.linalg.norm(ref_g)
+    )
+
+
 def best_map(
     pi: Array,
     nu: Array,
@@ -526,9 +560,15 @@ def best_map(
             G, t = block.to_original(g0)
             gnorm = float(np.linalg.norm(grad))
             return MapResult(G, t, value, gnorm, True, 0, 1, [value])
-    # The covariant eigenvector starts with the lowest f join the others.
+    # The covariant eigenvector starts with the lowest f join the others
+    # (distinct ones only: for K = 2 every probe pencil has the same eigenvectors).
     eigen_values = np.array([block.value_grad(g)[0] for g in eigen[1:]])
-    starts = first + [eigen[1 + k] for k in np.argsort(eigen_values)[:EIGEN_STARTS]]
+    starts = list(first)
+    for k in np.argsort(eigen_values):
+        if len(starts) >= len(first) + EIGEN_STARTS:
+            break
+        if not _near_any(eigen[1 + k], starts):
+            starts.append(eigen[1 + k])
     spd, spd_value = block.spd_start(max_iter)
     starts.append(spd)
     for g in [*first, spd]:
@@ -548,12 +588,21 @@ def best_map(
         runs.append((value, gnorm, g))
         if value <= ZERO_KL:
             break
-    # Phase 2: the best distinct local minima are refined to convergence.
+    # Phase 2: the best distinct local minima are refined to convergence. A
+    # later run that enters the neighbourhood of a refined minimum (without
+    # being below it) would only converge to that same minimum: it stops.
     runs.sort(key=lambda run: run[0])
-    refined = []
+    refined: list[tuple[float, float, Array]] = []
     for value, gnorm, g in runs[:REFINE]:
+        minima = [(v, h) for v, gn, h in refined if gn <= gtol]
+        if any(_same_basin(g, value, *run) for run in minima):
+            continue
         if gnorm > gtol:
-            g, value, gnorm, nit = block.newton(g, max_iter, gtol)
+
+            def stop(x: Array, f: float, gn: float, minima=minima) -> bool:
+                return any(_same_basin(x, f, *run) for run in minima)
+
+            g, value, gnorm, nit = block.newton(g, max_iter, gtol, stop=stop)
             total_it += nit
         refined.append((value, gnorm, g))
     value, gnorm, g = min(refined, key=lambda run: (run[0], run[1]))
