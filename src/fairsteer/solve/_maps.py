@@ -47,6 +47,7 @@ Array = NDArray[np.float64]
 GTOL = 1e-7
 MAX_ITER = 1000  # trust-region iterations for a refined start
 SCREEN_ITER = 15  # iterations per start before the best are refined
+SCREEN_GTOL = 1e-2  # gradient norm at which a screened start has found its basin
 REFINE = 2  # starts refined to convergence
 EIGEN_STARTS = 8  # covariant eigenvector-alignment starts screened (lowest f first)
 SAME_BASIN = 1e-2  # relative distance at which a run has reached a refined minimum
@@ -368,6 +369,8 @@ class MapBlock:
         is judged on the gradient in standardised coordinates all the same.
         ``stop(g, value, gnorm)``, if given, ends the run early when it returns True.
         """
+        from scipy.linalg import expm
+
         d = self.d
         kernel = self._two_class()
         if kernel is None:
@@ -395,8 +398,27 @@ class MapBlock:
             def stop_flat(x: Array, f: float, gnorm: float) -> bool:
                 return stop(to_g(x.reshape(d, d)), f, gnorm)
 
+        inverse = self._state if kernel is None else kernel._inverse
+
+        def retract(x: Array, step: Array) -> Array:
+            # x exp(x^-1 step): the step along the group's own curves, on
+            # which the soft directions (x -> x R, R a rotation) are straight.
+            X = x.reshape(d, d)
+            state = inverse(X)
+            if state is None:
+                return x + step
+            x_inv = state[1] if kernel is None else state[1].T
+            return (X @ expm(x_inv @ step.reshape(d, d))).ravel()
+
         res = _trust_region(
-            fun, hessp, to_x(g0).ravel(), max_iter, gtol, stop=stop_flat, measure=measure
+            fun,
+            hessp,
+            to_x(g0).ravel(),
+            max_iter,
+            gtol,
+            stop=stop_flat,
+            measure=measure,
+            retract=retract,
         )
         g = to_g(res.x.reshape(d, d))
         value, grad = self.value_grad(g)
@@ -510,6 +532,7 @@ def _trust_region(
     precond=None,
     stop=None,
     measure=None,
+    retract=None,
 ):
     """Trust-region Newton with truncated preconditioned conjugate gradients (Steihaug-Toint).
 
@@ -548,7 +571,7 @@ def _trust_region(
         step, pred, step_norm = _steihaug(
             lambda p, x=x: hessp(x, p), grad, radius, min(0.5, np.sqrt(gnorm)), *M, floor=floor
         )
-        x_new = x + step
+        x_new = x + step if retract is None else retract(x, step)
         f_new, grad_new = fun(x_new)
         if not np.isfinite(f_new):
             radius = 0.25 * step_norm
@@ -709,32 +732,49 @@ def best_map(
     base = starts[int(np.argmin(values))]
     for _ in range(n_random):
         starts.append(base + 0.5 * rng.standard_normal((d, d)) / np.sqrt(d))
-    # Phase 1: a short Newton run from every start; the KL is >= 0, so a start
-    # that reaches ~0 is a global minimum and ends the search.
+    # Phase 1: a short Newton run from every start, to a loose tolerance (the
+    # basin is found by then); the KL is >= 0, so a start that reaches ~0 is
+    # a global minimum and ends the search.
     runs = []
     total_it = 0
     for g0 in starts:
-        g, value, gnorm, nit = block.newton(g0, SCREEN_ITER, gtol)
+        g, value, gnorm, nit = block.newton(g0, SCREEN_ITER, max(gtol, SCREEN_GTOL))
         total_it += nit
         runs.append((value, gnorm, g))
         if value <= ZERO_KL:
             break
     # Phase 2: the best distinct local minima are refined to convergence. A
-    # later run that enters the neighbourhood of a refined minimum (without
-    # being below it) would only converge to that same minimum: it stops.
+    # run screened next to a better one is the same basin; a later run that
+    # enters the neighbourhood of a refined minimum (without being below it)
+    # would only converge to that same minimum: it stops. A later run whose
+    # screened value is above the refined minimum by much more than the first
+    # refinement gained (10x, plus its own squared gradient norm: the decrease
+    # still possible near a minimum with O(1) curvature) is not refined.
     runs.sort(key=lambda run: run[0])
+    distinct: list[tuple[float, float, Array]] = []
+    for run in runs:
+        if not _near_any(run[2], [other[2] for other in distinct], SAME_BASIN):
+            distinct.append(run)
     refined: list[tuple[float, float, Array]] = []
-    for value, gnorm, g in runs[:REFINE]:
+    gain = 0.0
+    for value, gnorm, g in distinct[:REFINE]:
         minima = [(v, h) for v, gn, h in refined if gn <= gtol]
-        if any(_same_basin(g, value, *run) for run in minima):
-            continue
+        if minima:
+            best_value = min(v for v, _ in minima)
+            if value - best_value > 10.0 * gain + gnorm**2:
+                continue
+            if any(_same_basin(g, value, *run) for run in minima):
+                continue
         if gnorm > gtol:
 
             def stop(x: Array, f: float, gn: float, minima=minima) -> bool:
                 return any(_same_basin(x, f, *run) for run in minima)
 
+            screened = value
             g, value, gnorm, nit = block.newton(g, max_iter, gtol, stop=stop)
             total_it += nit
+            if not refined:
+                gain = screened - value
         refined.append((value, gnorm, g))
     value, gnorm, g = min(refined, key=lambda run: (run[0], run[1]))
     if value > spd_value:
