@@ -57,8 +57,9 @@ Array = NDArray[np.float64]
 
 # Per-class descent: every start gets this many sweeps before the best are refined.
 SCREEN_SWEEPS = 3
-# A map block is solved to this fraction of its gradient norm in each sweep.
-BLOCK_FORCING = 0.1
+# A map block is solved to this fraction of its gradient norm in each sweep (about one
+# Newton step: exact block optima would be moved again by the next reference update).
+BLOCK_FORCING = 0.5
 
 
 class _State:
