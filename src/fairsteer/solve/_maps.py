@@ -71,7 +71,7 @@ def logdet_chol(L: Array) -> Array:
 
 
 def closed_form_standard(
-    pi: Array, nu: Array, C_chol: Array, mu: Array, S_chol: Array
+    pi: Array, nu: Array, C_chol: Array, mu: Array, S_chol: Array, align: Array | None = None
 ) -> tuple[Array, Array, Array, Array]:
     r"""The shared-covariance closed form of :ref:`theory-4a` from Cholesky factors.
 
@@ -108,29 +108,40 @@ def closed_form_standard(
         U, s, Vt = np.linalg.svd(Q @ P.T)
         V = Vt.T
     sigma = (s + np.sqrt(s**2 + 4.0)) / 2.0
+    # Singular pairs with s ~ 0 (E has rank <= K - 1 < K columns) are
+    # arbitrary within their null spaces: they join the complements, which
+    # are paired deterministically below (sigma = 1 there either way).
+    keep = s > 1e-12 * max(float(s[0]) if s.size else 0.0, 1.0)
+    U, V = U[:, keep], V[:, keep]
     # g = I + U diag(sigma) V^T - (pairing of the complements): we pair the
     # complement of span(V) with that of span(U) through the orthogonal map
     # that is closest to the identity (polar factor), so that g is the
     # identity on directions no class mean touches.
-    g = (U * sigma) @ V.T + _complement_map(U, V)
+    if align is not None:
+        # The complement pairing closest to a given map G_align, seen in g's coordinates.
+        align = solve_triangular(S_chol, align @ C_chol, lower=True)
+    g = (U * sigma[keep]) @ V.T + _complement_map(U, V, align)
     G = solve_triangular(C_chol, (S_chol @ g).T, lower=True, trans="T").T
     return G, s, sigma, Q
 
 
-def _complement_map(U: Array, V: Array) -> Array:
+def _complement_map(U: Array, V: Array, align: Array | None = None) -> Array:
     """An isometry from span(V)^perp onto span(U)^perp, as a d x d matrix.
 
     Zero singular values of E leave g orthogonal but otherwise free between
-    the complements; every choice gives the same ideal model. We take the
-    polar factor of (I - U U^T)(I - V V^T), which is the identity where both
-    complements agree, completed on the rest by complete-QR bases.
+    the complements; every choice gives the same ideal model (shared
+    covariance). We take the polar factor of (I - U U^T) X (I - V V^T) with
+    X = ``align`` (default I), the isometry closest to X between the
+    complements, completed on the rest by complete-QR bases. With X the
+    identity, g is the identity where both complements agree; a covariant X
+    makes the choice covariant under per-group affine maps.
     """
     d, k = U.shape
     if k >= d:
         return np.zeros((d, d))
     Pu = np.eye(d) - U @ U.T
     Pv = np.eye(d) - V @ V.T
-    W, s, Zt = np.linalg.svd(Pu @ Pv)
+    W, s, Zt = np.linalg.svd(Pu @ Pv if align is None else Pu @ align @ Pv)
     # Pu Pv has rank d - k generically; its top d - k singular pairs span the
     # two complements (left: span(U)^perp, right: span(V)^perp).
     r = d - k
@@ -157,12 +168,6 @@ def _sign_patterns(best: Array) -> list[Array]:
             flip[j] = -flip[j]
             out.append(flip)
     return out
-
-
-def _orthogonal_factor(L: Array) -> Array:
-    """U = (L L^T)^-1/2 L, the orthogonal factor relating Cholesky and symmetric whitening."""
-    w, V = np.linalg.eigh(L @ L.T)
-    return (V / np.sqrt(w)) @ V.T @ L
 
 
 @dataclass
@@ -211,11 +216,11 @@ class MapBlock:
         self.Pbar_inv = np.linalg.inv(symmetrize(np.einsum("k,kde->de", pi, self.P)))
         self.const = 0.5 * float(pi @ (logdet_chol(chol_S) - logdet_chol(chol_Om))) - 0.5 * d
         self.S_std = S_std
-        self.Ut = _orthogonal_factor(self.Lt)
-        self.Ur = _orthogonal_factor(self.Lr)
         self._cache_key: bytes | None = None
         self._cache: tuple | None = None
         self._kernel: _TwoClassKernel | None = None
+        self.frame: tuple[Array, Array] | None = None  # set by eigen_starts
+        self._eigen: list[Array] | None = None
 
     # ---------------------------------------------------------- coordinates
     def to_standard(self, G: Array) -> Array:
@@ -276,12 +281,26 @@ class MapBlock:
 
     # --------------------------------------------------------------- starts
     def pooled_start(self) -> Array:
-        """Closed form of :ref:`theory-4a` with the pi-pooled covariances (global if shared)."""
+        """Closed form of :ref:`theory-4a` with the pi-pooled covariances (global if shared).
+
+        The closed form leaves the map free (any isometry) between the
+        directions no class mean touches; there it is taken closest to the
+        first eigenvector alignment, which makes this start covariant under
+        per-group affine maps (the identity of the standardised coordinates
+        is not).
+        """
         Om_pool = np.einsum("k,kde->de", self.pi, self.Om)
         S_pool = np.einsum("k,kde->de", self.pi, self.S_std)
         C = Om_pool + (self.nu.T * self.pi) @ self.nu
+        if self._eigen is None:
+            self.eigen_starts()
         G, *_ = closed_form_standard(
-            self.pi, self.nu, cholesky(C), self.mu, cholesky(S_pool, "covariance")
+            self.pi,
+            self.nu,
+            cholesky(C),
+            self.mu,
+            cholesky(S_pool, "covariance"),
+            align=self._eigen[0],
         )
         return G
 
@@ -319,26 +338,38 @@ class MapBlock:
                 alpha = self.nu @ Wr @ V  # centred means in the eigenbases
                 beta = self.mu @ Wt @ U
                 best = np.where(self.pi @ (alpha * beta) < 0, -1.0, 1.0)
+                if not out:
+                    # A covariant frame for random starts: each eigenvector's
+                    # sign fixed by the (odd) third moment of the means along it.
+                    sv = np.where(self.pi @ alpha**3 < 0, -1.0, 1.0)
+                    su = np.where(self.pi @ beta**3 < 0, -1.0, 1.0)
+                    self.frame = (Wt @ (U * su), V * sv)
                 for signs in _sign_patterns(best):
                     out.append(Wt @ (U * signs) @ V.T)
+        self._eigen = out
         return out
 
     def spd_start(self, max_iter: int = MAX_ITER) -> tuple[Array, float]:
         """Global optimum of the convex restriction to symmetric positive definite maps.
 
-        The restriction is taken in symmetrically whitened coordinates
-        (G = T_t^1/2 X T_r^-1/2 with X SPD, T the pi-pooled total
-        covariances), where identical groups give X = I. In the block's
-        Cholesky coordinates this is g = U_t^T X U_r with the orthogonal
-        U = T^-1/2 L. phi is convex in X on the SPD cone (convex quadratics
-        plus -ln det), so the trust-region Newton run from X = I, with steps
-        leaving the cone rejected, converges to its global minimum.
+        The restriction is g = X B with X symmetric positive definite (in the
+        group's standardised coordinates) and B the first eigenvector
+        alignment of :meth:`eigen_starts`, so identical groups give X = I.
+        As B is covariant under per-group affine maps and the standardised
+        coordinates of a group are defined up to a rotation (which keeps X
+        SPD), the restriction and its optimum are covariant too (an SPD
+        restriction in fixed coordinates would not be). phi(X B) is convex in
+        X on the SPD cone (a convex quadratic of X plus -ln det X), so the
+        trust-region Newton run from X = I, with steps leaving the cone
+        rejected, converges to its global minimum.
         """
         d = self.d
-        Ut, Ur = self.Ut, self.Ur
+        if self._eigen is None:
+            self.eigen_starts()
+        B = self._eigen[0]
 
         def to_g(X: Array) -> Array:
-            return Ut.T @ X @ Ur
+            return X @ B
 
         def fun(x: Array) -> tuple[float, Array]:
             X = symmetrize(x.reshape(d, d))
@@ -349,12 +380,12 @@ class MapBlock:
             value, grad = self.value_grad(to_g(X))
             if grad is None:
                 return np.inf, np.zeros_like(x)
-            return value, symmetrize(Ut @ grad @ Ur.T).ravel()
+            return value, symmetrize(grad @ B.T).ravel()
 
         def hessp(x: Array, p: Array) -> Array:
             X = symmetrize(x.reshape(d, d))
             D = symmetrize(p.reshape(d, d))
-            return symmetrize(Ut @ self.hessp(to_g(X), to_g(D)) @ Ur.T).ravel()
+            return symmetrize(self.hessp(to_g(X), to_g(D)) @ B.T).ravel()
 
         res = _trust_region(fun, hessp, np.eye(d).ravel(), max_iter, GTOL)
         g = to_g(symmetrize(res.x.reshape(d, d)))
@@ -698,7 +729,9 @@ def best_map(
     worse than that restriction), each reflected along its weakest singular
     direction (the other component of GL(d)), ``warm`` if given (a G in the
     caller's coordinates), and ``n_random`` seeded perturbations of the best
-    of those. Each start is refined by trust-region Newton; the best is kept.
+    of those, drawn in a covariant eigenvector frame (all starts are
+    covariant under per-group affine maps of the model). Each start is
+    refined by trust-region Newton; the best is kept.
     """
     block = MapBlock(pi, nu, Om, mu, S)
     d = block.d
@@ -730,8 +763,11 @@ def best_map(
         starts.append((U * np.r_[s[:-1], -s[-1]]) @ Vt)
     values = [block.value_grad(g)[0] for g in starts]
     base = starts[int(np.argmin(values))]
+    # Random perturbations drawn in the covariant eigenvector frame, so that
+    # per-group affine reparametrisations of the model get the same starts.
+    Fu, Fv = block.frame
     for _ in range(n_random):
-        starts.append(base + 0.5 * rng.standard_normal((d, d)) / np.sqrt(d))
+        starts.append(base + 0.5 * Fu @ rng.standard_normal((d, d)) @ Fv.T / np.sqrt(d))
     # Phase 1: a short Newton run from every start, to a loose tolerance (the
     # basin is found by then); the KL is >= 0, so a start that reaches ~0 is
     # a global minimum and ends the search.
