@@ -31,6 +31,7 @@ these are dimensionless, the tolerance is relative to the problem's own scale.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,27 @@ REFINE = 2  # starts refined to convergence
 EIGEN_STARTS = 8  # covariant eigenvector-alignment starts screened (lowest f first)
 SAME_BASIN = 1e-2  # relative distance at which a run has reached a refined minimum
 ZERO_KL = 1e-14  # a start this close to KL = 0 is a global minimum (KL >= 0)
+
+
+# Per-class searches at d <= SMALL_BLAS_D run their d x d products on one BLAS thread.
+SMALL_BLAS_D = 200
+
+
+def small_blas(d: int) -> AbstractContextManager:
+    """One BLAS thread while a per-class search on d x d matrices runs, if d is small.
+
+    The searches make tens of thousands of d x d products; for d up to a few
+    hundred, waking BLAS threads for each costs more than it saves (several
+    times slower on a loaded two-core machine). Uses threadpoolctl when it
+    is installed, and does nothing otherwise.
+    """
+    if d > SMALL_BLAS_D:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def cholesky(S: Array, what: str = "covariance") -> Array:

@@ -24,7 +24,14 @@ from numpy.typing import NDArray
 from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 from fairsteer.solve._frame import Frame, SharedReduction
-from fairsteer.solve._maps import GTOL, MAX_ITER, best_map, cholesky, closed_form_standard
+from fairsteer.solve._maps import (
+    GTOL,
+    MAX_ITER,
+    best_map,
+    cholesky,
+    closed_form_standard,
+    small_blas,
+)
 from fairsteer.solve.solution import (
     Solution,
     chain_rule_kl,
@@ -100,7 +107,8 @@ def affirmative_action(
         candidates = list(range(model.n_groups))
     if model.shared_covariance:
         return _shared(model, candidates)
-    return _per_class(model, candidates, seed, n_random_starts, gtol, max_iter)
+    with small_blas(model.n_features):
+        return _per_class(model, candidates, seed, n_random_starts, gtol, max_iter)
 
 
 # ------------------------------------------------------------------ shared

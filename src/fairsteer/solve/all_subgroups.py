@@ -42,6 +42,7 @@ from fairsteer.solve._maps import (
     MapBlock,
     cholesky,
     closed_form_standard,
+    small_blas,
 )
 from fairsteer.solve.affirmative import _shared_maps, per_class_reference, reduced_cell_kl
 from fairsteer.solve.solution import (
@@ -514,4 +515,5 @@ def all_subgroups(
         )
     if model.shared_covariance:
         return _shared(model, seed, n_random_starts, max_iter, gtol, hold_priors)
-    return _per_class(model, seed, n_random_starts, max_iter, gtol, hold_priors)
+    with small_blas(model.n_features):
+        return _per_class(model, seed, n_random_starts, max_iter, gtol, hold_priors)
