@@ -76,6 +76,24 @@ def small_blas(d: int) -> AbstractContextManager:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def parallel_map(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, on threads when there are several items and cores.
+
+    The per-class searches are independent across reference groups and map
+    blocks, and spend their time in NumPy/BLAS calls that release the GIL.
+    Results do not depend on the scheduling (each task owns its state).
+    """
+    import os
+
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def cholesky(S: Array, what: str = "covariance") -> Array:
     """Lower Cholesky factor, with an :class:`InputError` naming ``what`` on failure."""
     try:

@@ -30,6 +30,7 @@ from fairsteer.solve._maps import (
     best_map,
     cholesky,
     closed_form_standard,
+    parallel_map,
     small_blas,
 )
 from fairsteer.solve.solution import (
@@ -249,11 +250,15 @@ def _per_class(
     S = frame.covariances(np.asarray(model.covariances))
     best: Solution | None = None
     tried = {}
-    for r in candidates:
+
+    def maps_from(r: int) -> tuple[Array, Array, dict]:
         pi = model.class_priors[r]
-        g, tau, diagnostics = per_class_reference(
-            pi, mu, S, r, model.groups, seed, n_random, gtol, max_iter
-        )
+        return per_class_reference(pi, mu, S, r, model.groups, seed, n_random, gtol, max_iter)
+
+    for r, (g, tau, diagnostics) in zip(
+        candidates, parallel_map(maps_from, candidates), strict=True
+    ):
+        pi = model.class_priors[r]
         sol = solution_from_standard(
             model,
             frame,

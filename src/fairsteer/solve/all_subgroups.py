@@ -42,6 +42,7 @@ from fairsteer.solve._maps import (
     MapBlock,
     cholesky,
     closed_form_standard,
+    parallel_map,
     small_blas,
 )
 from fairsteer.solve.affirmative import _shared_maps, per_class_reference, reduced_cell_kl
@@ -219,12 +220,17 @@ def _descend_per_class(
             break
         if sweeps > 0 and stop is not None and stop(s, prob.total(s, prob.cell_kl(s))):
             break
-        for a in range(m):
+
+        def solve_block(a: int, blocks=blocks, gs=gs, norms=norms) -> tuple[Array, int]:
             # Newton from the current map: every step of the descent is then
             # covariant under per-group affine maps (docs/theory.md section 4d), so equivalent
             # models follow the same path to the same stationary point.
             block_tol = max(BLOCK_FORCING * norms[a], 0.5 * gtol)
             g, _, _, nit = blocks[a].newton(gs[a], gtol=block_tol)
+            return g, nit
+
+        # The map blocks of different groups are independent given the reference.
+        for a, (g, nit) in enumerate(parallel_map(solve_block, list(range(m)))):
             s.g[a], s.tau[a] = blocks[a].to_original(g)
             newton_iterations += nit
         prob.update_reference(s)
@@ -329,9 +335,13 @@ def _per_class(
     m, _K, _d = mu.shape
     rng = np.random.default_rng(seed)
     starts = []
-    for r in range(m):
+
+    def maps_from(r: int) -> tuple[Array, Array, dict]:
         pi = model.class_priors[r]
-        g, tau, _ = per_class_reference(pi, mu, S, r, model.groups, seed, 2, GTOL, MAX_ITER)
+        return per_class_reference(pi, mu, S, r, model.groups, seed, 2, GTOL, MAX_ITER)
+
+    for r, (g, tau, _) in enumerate(parallel_map(maps_from, list(range(m)))):
+        pi = model.class_priors[r]
         st = _State(pi.copy(), mu[r].copy(), S[r].copy(), g, tau)
         st.fix_gauge()
         starts.append(st)
