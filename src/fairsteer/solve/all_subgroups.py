@@ -2,7 +2,8 @@
 
 :ref:`theory-4b`. The program min KL(D~ || D) over ideal Gaussian D~ is
 non-convex; block-coordinate descent with an exact minimiser (closed form) or
-a Newton-refined one for every block never increases the objective:
+a Newton descent step (per-class maps) for every block never increases the
+objective:
 
 1. maps: for each group a, (G_a, t_a) = the section-4a map from the reference
    (nu, Om) with priors pi~ to group a;
@@ -515,7 +516,9 @@ def all_subgroups(
         ``method="all-subgroups"``; ``diagnostics["converged"]`` is the
         stationarity certificate of the best run. Never worse than the best
         affirmative solution: the descent starts from every group's
-        affirmative solution and each block step is a minimiser over its block.
+        affirmative solution, each block step lowers the objective, and
+        (per-class) the runs refined after screening include the one that
+        is lowest after the screening sweeps.
     """
     if hold_priors and float(np.ptp(model.class_priors, axis=0).max()) > 1e-12:
         # 1e-12: priors equal by construction differ by round-off (~1e-16) only
