@@ -106,3 +106,28 @@ def test_every_start_is_covariant(K, d):
     assert all(r.converged for r in results)
     # The same local minimum: converged values agree to the solver tolerance.
     assert results[0].value == pytest.approx(results[1].value, rel=1e-8, abs=1e-12)
+
+
+def test_steihaug_steps():
+    """Truncated CG: Newton step inside the region, boundary step otherwise."""
+    rng = np.random.default_rng(5)
+    n = 30
+    A = rng.normal(size=(n, n))
+    H = A @ A.T / n + 0.5 * np.eye(n)  # condition ~10: CG converges well within n steps
+    g = rng.normal(size=n)
+    newton = -np.linalg.solve(H, g)
+    radius = 2 * np.linalg.norm(newton)
+    p, pred, norm = _maps._steihaug(lambda v: H @ v, g, radius, 1e-12)
+    # Residual 1e-12 of ||g|| on a system of condition ~10: ~1e-11 relative.
+    np.testing.assert_allclose(p, newton, rtol=1e-9, atol=1e-11)
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-12)
+    assert norm == pytest.approx(np.linalg.norm(p), rel=1e-12)
+    small = 0.1 * np.linalg.norm(newton)
+    p, pred, norm = _maps._steihaug(lambda v: H @ v, g, small, 1e-12)
+    assert norm == pytest.approx(small, rel=1e-9)
+    assert pred > 0
+    # Negative curvature: the step goes to the boundary and still lowers the model.
+    Hneg = H - 2 * np.linalg.eigvalsh(H)[-1] * np.eye(n)
+    p, pred, norm = _maps._steihaug(lambda v: Hneg @ v, g, 1.0, 1e-12)
+    assert norm == pytest.approx(1.0, rel=1e-9)
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ Hneg @ p), rel=1e-12) and pred > 0
