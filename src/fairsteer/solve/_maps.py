@@ -500,7 +500,11 @@ class MapBlock:
             if state is None:
                 return x + step
             x_inv = state[1] if kernel is None else state[1].T
-            return (X @ expm(x_inv @ step.reshape(d, d))).ravel()
+            E = x_inv @ step.reshape(d, d)
+            if not np.isfinite(E).all() or np.abs(E).sum(axis=0).max() > 50.0:
+                # exp would overflow (e^50 ~ 5e21): no sensible step; rejected.
+                return np.full_like(x, np.nan)
+            return (X @ expm(E)).ravel()
 
         res = _trust_region(
             fun,
@@ -663,9 +667,10 @@ def _trust_region(
         step, pred, step_norm = _steihaug(
             lambda p, x=x: hessp(x, p), grad, radius, min(0.5, np.sqrt(gnorm)), *M, floor=floor
         )
-        x_new = x + step if retract is None else retract(x, step)
-        f_new, grad_new = fun(x_new)
-        if not np.isfinite(f_new):
+        with np.errstate(all="ignore"):  # a trial point may overflow: it is rejected
+            x_new = x + step if retract is None else retract(x, step)
+            f_new, grad_new = fun(x_new)
+        if not (np.isfinite(f_new) and np.isfinite(grad_new).all()):
             radius = 0.25 * step_norm
             continue
         gnorm_new = measure(x_new, grad_new)
