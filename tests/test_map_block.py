@@ -131,3 +131,14 @@ def test_steihaug_steps():
     p, pred, norm = _maps._steihaug(lambda v: Hneg @ v, g, 1.0, 1e-12)
     assert norm == pytest.approx(1.0, rel=1e-9)
     assert pred == pytest.approx(-(g @ p + 0.5 * p @ Hneg @ p), rel=1e-12) and pred > 0
+
+
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_newton_from_badly_scaled_starts(K, scale):
+    """Steps that would overflow are rejected (no warning: warnings are errors here)."""
+    pi, nu, Om, mu, S = _pair(K, 3, seed=K)
+    block = _maps.MapBlock(pi, nu, Om, mu, S)
+    g, value, gnorm, _ = block.newton(scale * np.eye(3))
+    assert gnorm <= _maps.GTOL and np.isfinite(value)
+    assert np.isfinite(g).all() and abs(np.linalg.det(g)) > 0
