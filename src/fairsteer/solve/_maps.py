@@ -562,8 +562,8 @@ class _TwoClassKernel:
         self.V, self.W = V, W
         self.A = V.T @ Pbar  # V^-1 (V^T Pbar V = I)
         self.C = Obar @ W  # W^-T
-        self.l = np.einsum("dj,kde,ej->kj", V, block.P, V)  # (K, d) diagonals
-        self.o = np.einsum("dj,kde,ej->kj", W, block.Om, W)
+        self.l = np.einsum("kdj,dj->kj", block.P @ V, V)  # (K, d) diagonals of V^T P_i V
+        self.o = np.einsum("kdj,dj->kj", block.Om @ W, W)
         self.coef = np.einsum("k,kj,kl->jl", pi, self.l, self.o)
         self.z = block.mu @ self.A.T  # rows V^-1 mu_i
         self.w = block.nu @ W  # rows W^T nu_i
