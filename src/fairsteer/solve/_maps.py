@@ -456,7 +456,8 @@ class MapBlock:
     def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL, stop=None):
         """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations).
 
-        Two classes: the run is made in the coordinates of :class:`_TwoClassKernel`
+        A step p moves x to x exp(x^-1 p) (see the module notes). Two classes:
+        the run is made in the coordinates of :class:`_TwoClassKernel`
         (the same phi, Hessian products three times cheaper); convergence
         is judged on the gradient in standardised coordinates all the same.
         ``stop(g, value, gnorm)``, if given, ends the run early when it returns True.
