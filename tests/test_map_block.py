@@ -7,6 +7,7 @@ import importlib
 
 import numpy as np
 import pytest
+from scipy.linalg import expm
 
 _maps = importlib.import_module("fairsteer.solve._maps")
 
@@ -142,3 +143,21 @@ def test_newton_from_badly_scaled_starts(K, scale):
     g, value, gnorm, _ = block.newton(scale * np.eye(3))
     assert gnorm <= _maps.GTOL and np.isfinite(value)
     assert np.isfinite(g).all() and abs(np.linalg.det(g)) > 0
+
+
+def test_joined_path_test():
+    """The basin test of the search: a path from g to a minimum below a level."""
+    pi, nu, Om, mu, S = _pair(2, 4, seed=7)
+    block = _maps.MapBlock(pi, nu, Om, mu, S)
+    best = _maps.best_map(pi, nu, Om, mu, S, rng=np.random.default_rng(0))
+    g1 = block.to_standard(best.G)
+    rng = np.random.default_rng(1)
+    skew = rng.normal(size=(4, 4))
+    g = g1 @ expm(0.2 * (skew - skew.T)) * 1.1
+    # Below the level of every path point (phi >= its minimum there): not joined.
+    assert not _maps._joined(block, g, best.value - 1e-3, g1)
+    # A level above phi everywhere on the path: joined.
+    assert _maps._joined(block, g, block.value_grad(g)[0] + 1e3, g1)
+    # The other component of GL(d) (det < 0): no path through invertible maps.
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    assert not _maps._joined(block, g @ flip, np.inf, g1)

@@ -820,6 +820,41 @@ def _same_basin(g: Array, value: float, ref_value: float, ref_g: Array) -> bool:
     )
 
 
+def _joined(block: MapBlock, g: Array, value: float, ref_g: Array, samples: int = 7) -> bool:
+    """Whether phi stays at or below ``value`` on a path from g to a refined minimum.
+
+    With the polar decomposition g^-1 ref_g = R P (R orthogonal, P SPD), the
+    path is g C(s) P^s, 0 < s < 1, where C(s) = (I - s A / 2)^-1 (I + s A / 2)
+    is the Cayley curve of rotations from I to R (A = 2 (R - I)(R + I)^-1 is
+    skew): it follows the soft, rotational valleys of phi, which a straight
+    segment would cut across. ``samples`` interior points are checked.
+    Joined this way, g and ref_g lie in one basin of phi at the level
+    ``value``, and a descent from g is taken to end at ref_g (screened starts
+    of one valley often lie far apart along it, where a distance test
+    cannot tell). False when there is no such path (R has the eigenvalue
+    -1, e.g. det g and det ref_g differ in sign).
+    """
+    d = g.shape[0]
+    eye = np.eye(d)
+    with np.errstate(all="ignore"):
+        try:
+            U, sv, Vt = np.linalg.svd(np.linalg.solve(g, ref_g))
+            R = U @ Vt
+            A = 2.0 * np.linalg.solve((R + eye).T, (R - eye).T).T
+        except np.linalg.LinAlgError:
+            return False
+        if not np.isfinite(A).all() or np.abs(A).max() > 1e8:
+            return False
+        # Round-off of phi (a sum of O(1) terms in standardised coordinates).
+        tol = 1e-12 * (1.0 + abs(value))
+        for s in np.arange(1, samples + 1) / (samples + 1):
+            C = np.linalg.solve(eye - 0.5 * s * A, eye + 0.5 * s * A)
+            point = g @ C @ ((Vt.T * sv**s) @ Vt)
+            if not block.value_grad(point)[0] <= value + tol:
+                return False
+    return True
+
+
 def best_map(
     pi: Array,
     nu: Array,
@@ -917,6 +952,8 @@ def best_map(
             if value - best_value > 10.0 * gain + gnorm**2:
                 continue
             if any(_same_basin(g, value, *run) for run in minima):
+                continue
+            if any(_joined(block, g, value, h) for _, h in minima):
                 continue
         if gnorm > gtol:
 
