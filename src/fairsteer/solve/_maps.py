@@ -27,10 +27,32 @@ the exact gradient and Hessian-vector products:
 
 Convergence means ``||grad phi||_F <= gtol`` in standardised coordinates; as
 these are dimensionless, the tolerance is relative to the problem's own scale.
+
+Speed (per-class covariances at d ~ 100): phi is nearly flat along right
+rotations g -> g R (exactly flat when all classes share a covariance and a
+mean), so
+
+- a Newton step p is taken along the group's own curve, g -> g exp(g^-1 p),
+  on which those soft directions are straight (an additive step leaves the
+  curved valley and is cut back by the trust region: 100+ iterations
+  become about 15);
+- with two classes the run is made in coordinates Y = V^-1 g W^-T that
+  diagonalise both class precisions and both reference covariances
+  (:class:`_TwoClassKernel`), where a Hessian product costs two d x d
+  products instead of six;
+- the multi-start search screens every start to a loose gradient norm and
+  refines only the best distinct basins (:func:`best_map`).
+
+The Hessian stays ill-conditioned (the soft directions' curvature spans
+several decades), which is what the conjugate-gradient iterations of the
+last Newton steps pay for. Every start of the search is covariant under
+per-group affine maps of the model, so equivalent models give the same
+answer to solver tolerance (:ref:`theory-4d`).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +69,50 @@ Array = NDArray[np.float64]
 GTOL = 1e-7
 MAX_ITER = 1000  # trust-region iterations for a refined start
 SCREEN_ITER = 15  # iterations per start before the best are refined
+SCREEN_GTOL = 3e-2  # gradient norm at which a screened start has found its basin
 REFINE = 2  # starts refined to convergence
 EIGEN_STARTS = 8  # covariant eigenvector-alignment starts screened (lowest f first)
+SAME_BASIN = 1e-2  # relative distance at which a run has reached a refined minimum
 ZERO_KL = 1e-14  # a start this close to KL = 0 is a global minimum (KL >= 0)
+
+
+# Per-class searches at d <= SMALL_BLAS_D run their d x d products on one BLAS thread.
+SMALL_BLAS_D = 200
+
+
+def small_blas(d: int) -> AbstractContextManager:
+    """One BLAS thread while a per-class search on d x d matrices runs, if d is small.
+
+    The searches make tens of thousands of d x d products; for d up to a few
+    hundred, waking BLAS threads for each costs more than it saves (several
+    times slower on a loaded two-core machine). Uses threadpoolctl when it
+    is installed, and does nothing otherwise.
+    """
+    if d > SMALL_BLAS_D:
+        return nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def parallel_map(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, on threads when there are several items and cores.
+
+    The per-class searches are independent across reference groups and map
+    blocks, and spend their time in NumPy/BLAS calls that release the GIL.
+    Results do not depend on the scheduling (each task owns its state).
+    """
+    import os
+
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
 
 
 def cholesky(S: Array, what: str = "covariance") -> Array:
@@ -69,7 +132,7 @@ def logdet_chol(L: Array) -> Array:
 
 
 def closed_form_standard(
-    pi: Array, nu: Array, C_chol: Array, mu: Array, S_chol: Array
+    pi: Array, nu: Array, C_chol: Array, mu: Array, S_chol: Array, align: Array | None = None
 ) -> tuple[Array, Array, Array, Array]:
     r"""The shared-covariance closed form of :ref:`theory-4a` from Cholesky factors.
 
@@ -106,29 +169,40 @@ def closed_form_standard(
         U, s, Vt = np.linalg.svd(Q @ P.T)
         V = Vt.T
     sigma = (s + np.sqrt(s**2 + 4.0)) / 2.0
+    # Singular pairs with s ~ 0 (E has rank <= K - 1 < K columns) are
+    # arbitrary within their null spaces: they join the complements, which
+    # are paired deterministically below (sigma = 1 there either way).
+    keep = s > 1e-12 * max(float(s[0]) if s.size else 0.0, 1.0)
+    U, V = U[:, keep], V[:, keep]
     # g = I + U diag(sigma) V^T - (pairing of the complements): we pair the
     # complement of span(V) with that of span(U) through the orthogonal map
     # that is closest to the identity (polar factor), so that g is the
     # identity on directions no class mean touches.
-    g = (U * sigma) @ V.T + _complement_map(U, V)
+    if align is not None:
+        # The complement pairing closest to a given map G_align, seen in g's coordinates.
+        align = solve_triangular(S_chol, align @ C_chol, lower=True)
+    g = (U * sigma[keep]) @ V.T + _complement_map(U, V, align)
     G = solve_triangular(C_chol, (S_chol @ g).T, lower=True, trans="T").T
     return G, s, sigma, Q
 
 
-def _complement_map(U: Array, V: Array) -> Array:
+def _complement_map(U: Array, V: Array, align: Array | None = None) -> Array:
     """An isometry from span(V)^perp onto span(U)^perp, as a d x d matrix.
 
     Zero singular values of E leave g orthogonal but otherwise free between
-    the complements; every choice gives the same ideal model. We take the
-    polar factor of (I - U U^T)(I - V V^T), which is the identity where both
-    complements agree, completed on the rest by complete-QR bases.
+    the complements; every choice gives the same ideal model (shared
+    covariance). We take the polar factor of (I - U U^T) X (I - V V^T) with
+    X = ``align`` (default I), the isometry closest to X between the
+    complements, completed on the rest by complete-QR bases. With X the
+    identity, g is the identity where both complements agree; a covariant X
+    makes the choice covariant under per-group affine maps.
     """
     d, k = U.shape
     if k >= d:
         return np.zeros((d, d))
     Pu = np.eye(d) - U @ U.T
     Pv = np.eye(d) - V @ V.T
-    W, s, Zt = np.linalg.svd(Pu @ Pv)
+    W, s, Zt = np.linalg.svd(Pu @ Pv if align is None else Pu @ align @ Pv)
     # Pu Pv has rank d - k generically; its top d - k singular pairs span the
     # two complements (left: span(U)^perp, right: span(V)^perp).
     r = d - k
@@ -155,12 +229,6 @@ def _sign_patterns(best: Array) -> list[Array]:
             flip[j] = -flip[j]
             out.append(flip)
     return out
-
-
-def _orthogonal_factor(L: Array) -> Array:
-    """U = (L L^T)^-1/2 L, the orthogonal factor relating Cholesky and symmetric whitening."""
-    w, V = np.linalg.eigh(L @ L.T)
-    return (V / np.sqrt(w)) @ V.T @ L
 
 
 @dataclass
@@ -209,10 +277,11 @@ class MapBlock:
         self.Pbar_inv = np.linalg.inv(symmetrize(np.einsum("k,kde->de", pi, self.P)))
         self.const = 0.5 * float(pi @ (logdet_chol(chol_S) - logdet_chol(chol_Om))) - 0.5 * d
         self.S_std = S_std
-        self.Ut = _orthogonal_factor(self.Lt)
-        self.Ur = _orthogonal_factor(self.Lr)
         self._cache_key: bytes | None = None
         self._cache: tuple | None = None
+        self._kernel: _TwoClassKernel | None = None
+        self.frame: tuple[Array, Array] | None = None  # set by eigen_starts
+        self._eigen: list[Array] | None = None
 
     # ---------------------------------------------------------- coordinates
     def to_standard(self, G: Array) -> Array:
@@ -273,12 +342,26 @@ class MapBlock:
 
     # --------------------------------------------------------------- starts
     def pooled_start(self) -> Array:
-        """Closed form of :ref:`theory-4a` with the pi-pooled covariances (global if shared)."""
+        """Closed form of :ref:`theory-4a` with the pi-pooled covariances (global if shared).
+
+        The closed form leaves the map free (any isometry) between the
+        directions no class mean touches; there it is taken closest to the
+        first eigenvector alignment, which makes this start covariant under
+        per-group affine maps (the identity of the standardised coordinates
+        is not).
+        """
         Om_pool = np.einsum("k,kde->de", self.pi, self.Om)
         S_pool = np.einsum("k,kde->de", self.pi, self.S_std)
         C = Om_pool + (self.nu.T * self.pi) @ self.nu
+        if self._eigen is None:
+            self.eigen_starts()
         G, *_ = closed_form_standard(
-            self.pi, self.nu, cholesky(C), self.mu, cholesky(S_pool, "covariance")
+            self.pi,
+            self.nu,
+            cholesky(C),
+            self.mu,
+            cholesky(S_pool, "covariance"),
+            align=self._eigen[0],
         )
         return G
 
@@ -316,26 +399,38 @@ class MapBlock:
                 alpha = self.nu @ Wr @ V  # centred means in the eigenbases
                 beta = self.mu @ Wt @ U
                 best = np.where(self.pi @ (alpha * beta) < 0, -1.0, 1.0)
+                if not out:
+                    # A covariant frame for random starts: each eigenvector's
+                    # sign fixed by the (odd) third moment of the means along it.
+                    sv = np.where(self.pi @ alpha**3 < 0, -1.0, 1.0)
+                    su = np.where(self.pi @ beta**3 < 0, -1.0, 1.0)
+                    self.frame = (Wt @ (U * su), V * sv)
                 for signs in _sign_patterns(best):
                     out.append(Wt @ (U * signs) @ V.T)
+        self._eigen = out
         return out
 
     def spd_start(self, max_iter: int = MAX_ITER) -> tuple[Array, float]:
         """Global optimum of the convex restriction to symmetric positive definite maps.
 
-        The restriction is taken in symmetrically whitened coordinates
-        (G = T_t^1/2 X T_r^-1/2 with X SPD, T the pi-pooled total
-        covariances), where identical groups give X = I. In the block's
-        Cholesky coordinates this is g = U_t^T X U_r with the orthogonal
-        U = T^-1/2 L. phi is convex in X on the SPD cone (convex quadratics
-        plus -ln det), so the trust-region Newton run from X = I, with steps
-        leaving the cone rejected, converges to its global minimum.
+        The restriction is g = X B with X symmetric positive definite (in the
+        group's standardised coordinates) and B the first eigenvector
+        alignment of :meth:`eigen_starts`, so identical groups give X = I.
+        As B is covariant under per-group affine maps and the standardised
+        coordinates of a group are defined up to a rotation (which keeps X
+        SPD), the restriction and its optimum are covariant too (an SPD
+        restriction in fixed coordinates would not be). phi(X B) is convex in
+        X on the SPD cone (a convex quadratic of X plus -ln det X), so the
+        trust-region Newton run from X = I, with steps leaving the cone
+        rejected, converges to its global minimum.
         """
         d = self.d
-        Ut, Ur = self.Ut, self.Ur
+        if self._eigen is None:
+            self.eigen_starts()
+        B = self._eigen[0]
 
         def to_g(X: Array) -> Array:
-            return Ut.T @ X @ Ur
+            return X @ B
 
         def fun(x: Array) -> tuple[float, Array]:
             X = symmetrize(x.reshape(d, d))
@@ -346,39 +441,196 @@ class MapBlock:
             value, grad = self.value_grad(to_g(X))
             if grad is None:
                 return np.inf, np.zeros_like(x)
-            return value, symmetrize(Ut @ grad @ Ur.T).ravel()
+            return value, symmetrize(grad @ B.T).ravel()
 
         def hessp(x: Array, p: Array) -> Array:
             X = symmetrize(x.reshape(d, d))
             D = symmetrize(p.reshape(d, d))
-            return symmetrize(Ut @ self.hessp(to_g(X), to_g(D)) @ Ur.T).ravel()
+            return symmetrize(self.hessp(to_g(X), to_g(D)) @ B.T).ravel()
 
         res = _trust_region(fun, hessp, np.eye(d).ravel(), max_iter, GTOL)
         g = to_g(symmetrize(res.x.reshape(d, d)))
         return g, float(res.fun)
 
     # --------------------------------------------------------------- Newton
-    def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL):
-        """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations)."""
+    def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL, stop=None):
+        """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations).
+
+        A step p moves x to x exp(x^-1 p) (see the module notes). Two classes:
+        the run is made in the coordinates of :class:`_TwoClassKernel`
+        (the same phi, Hessian products three times cheaper); convergence
+        is judged on the gradient in standardised coordinates all the same.
+        ``stop(g, value, gnorm)``, if given, ends the run early when it returns True.
+        """
+        from scipy.linalg import expm
+
         d = self.d
+        kernel = self._two_class()
+        if kernel is None:
+            to_x, to_g = (lambda g: g), (lambda y: y)
+            value_grad, hess, measure = self.value_grad, self.hessp, None
+        else:
+            to_x, to_g = kernel.to_y, kernel.to_g
+            value_grad, hess = kernel.value_grad, kernel.hessp
+
+            def measure(x: Array, grad: Array) -> float:
+                return kernel.standard_grad_norm(grad.reshape(d, d))
 
         def fun(x: Array) -> tuple[float, Array]:
-            value, grad = self.value_grad(x.reshape(d, d))
+            value, grad = value_grad(x.reshape(d, d))
             if grad is None:
                 return np.inf, np.zeros_like(x)
             return value, grad.ravel()
 
         def hessp(x: Array, p: Array) -> Array:
-            return self.hessp(x.reshape(d, d), p.reshape(d, d)).ravel()
+            return hess(x.reshape(d, d), p.reshape(d, d)).ravel()
 
-        res = _trust_region(fun, hessp, g0.ravel(), max_iter, gtol)
-        g = res.x.reshape(d, d)
+        stop_flat = None
+        if stop is not None:
+
+            def stop_flat(x: Array, f: float, gnorm: float) -> bool:
+                return stop(to_g(x.reshape(d, d)), f, gnorm)
+
+        inverse = self._state if kernel is None else kernel._inverse
+
+        def retract(x: Array, step: Array) -> Array:
+            # x exp(x^-1 step): the step along the group's own curves, on
+            # which the soft directions (x -> x R, R a rotation) are straight.
+            X = x.reshape(d, d)
+            state = inverse(X)
+            if state is None:
+                return x + step
+            x_inv = state[1] if kernel is None else state[1].T
+            E = x_inv @ step.reshape(d, d)
+            if not np.isfinite(E).all() or np.abs(E).sum(axis=0).max() > 50.0:
+                # exp would overflow (e^50 ~ 5e21): no sensible step; rejected.
+                return np.full_like(x, np.nan)
+            return (X @ expm(E)).ravel()
+
+        res = _trust_region(
+            fun,
+            hessp,
+            to_x(g0).ravel(),
+            max_iter,
+            gtol,
+            stop=stop_flat,
+            measure=measure,
+            retract=retract,
+        )
+        g = to_g(res.x.reshape(d, d))
         value, grad = self.value_grad(g)
         gnorm = float(np.linalg.norm(grad)) if grad is not None else np.inf
         return g, value, gnorm, int(res.nit)
 
+    def _two_class(self) -> _TwoClassKernel | None:
+        """The diagonalised two-class form of phi (None unless K = 2), built once."""
+        if self.K != 2:
+            return None
+        if self._kernel is None:
+            self._kernel = _TwoClassKernel(self)
+        return self._kernel
 
-def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, precond=None):
+
+class _TwoClassKernel:
+    r"""phi of a two-class :class:`MapBlock` where both covariance pairs are diagonal.
+
+    With two classes the pencils (P_1, Pbar) and (Om_1, Obar) (Pbar, Obar the
+    pi-pooled precisions and covariances) have eigenvectors V, W with
+    V^T Pbar V = I = W^T Obar W; as Pbar and Obar are the pooled pairs, V
+    diagonalises P_2 too and W diagonalises Om_2. In the variable
+    Y = V^-1 g W^-T (g = V Y W^T; the group's coordinates change by V^-1,
+    the reference's by W^T) phi is the same function with diagonal class
+    precisions l_i and reference covariances o_i, identity pooled
+    precision, and ln|det g| = ln|det Y| + ln|det V| + ln|det W|:
+
+        phi = 1/2 sum_jk c_jk Y_jk^2 + 1/2 sum_i pi_i r_i^T diag(l_i) r_i
+              - ln|det Y| + const,   c = sum_i pi_i l_i o_i^T,
+        r_i = z_i - Y w_i - tau*,   tau* = sum_i pi_i l_i * (z_i - Y w_i),
+
+    with z_i = V^-1 mu_i and w_i = W^T nu_i. The trace part of the Hessian
+    is then elementwise, and a Hessian product costs the two d x d products
+    of the -ln|det Y| term plus O(d^2).
+    """
+
+    def __init__(self, block: MapBlock) -> None:
+        from scipy.linalg import eigh
+
+        pi = block.pi
+        Pbar = symmetrize(np.einsum("k,kde->de", pi, block.P))
+        Obar = symmetrize(np.einsum("k,kde->de", pi, block.Om))
+        _, V = eigh(symmetrize(block.P[0]), Pbar)
+        _, W = eigh(symmetrize(block.Om[0]), Obar)
+        self.V, self.W = V, W
+        self.A = V.T @ Pbar  # V^-1 (V^T Pbar V = I)
+        self.C = Obar @ W  # W^-T
+        self.l = np.einsum("kdj,dj->kj", block.P @ V, V)  # (K, d) diagonals of V^T P_i V
+        self.o = np.einsum("kdj,dj->kj", block.Om @ W, W)
+        self.coef = np.einsum("k,kj,kl->jl", pi, self.l, self.o)
+        self.z = block.mu @ self.A.T  # rows V^-1 mu_i
+        self.w = block.nu @ W  # rows W^T nu_i
+        self.pi = pi
+        logdet_vw = np.linalg.slogdet(V)[1] + np.linalg.slogdet(W)[1]
+        self.const = block.const - logdet_vw
+        self._key: bytes | None = None
+        self._state: tuple | None = None
+
+    def to_y(self, g: Array) -> Array:
+        return self.A @ g @ self.C
+
+    def to_g(self, Y: Array) -> Array:
+        return self.V @ Y @ self.W.T
+
+    def standard_grad_norm(self, grad_y: Array) -> float:
+        """||d phi / d g||_F from d phi / d Y (chain rule: A^T grad_Y C^T)."""
+        return float(np.linalg.norm(self.A.T @ grad_y @ self.C.T))
+
+    def _inverse(self, Y: Array) -> tuple | None:
+        key = Y.tobytes()
+        if key != self._key:
+            self._key = key
+            sign, logabsdet = np.linalg.slogdet(Y)
+            if sign == 0 or not np.isfinite(logabsdet):
+                self._state = None
+            else:
+                self._state = (logabsdet, np.ascontiguousarray(np.linalg.inv(Y).T))
+        return self._state
+
+    def value_grad(self, Y: Array) -> tuple[float, Array | None]:
+        state = self._inverse(Y)
+        if state is None:
+            return np.inf, None
+        logabsdet, Y_inv_t = state
+        pi, l = self.pi, self.l
+        r = self.z - self.w @ Y.T
+        r = r - pi @ (l * r)  # the pooled precision is I here
+        lr = l * r
+        value = 0.5 * float(np.sum(self.coef * Y * Y) + pi @ np.sum(r * lr, axis=1))
+        value += self.const - logabsdet
+        grad = self.coef * Y - (lr.T * pi) @ self.w - Y_inv_t
+        return value, grad
+
+    def hessp(self, Y: Array, E: Array) -> Array:
+        state = self._inverse(Y)
+        assert state is not None
+        Y_inv_t = state[1]
+        pi, l = self.pi, self.l
+        Ew = self.w @ E.T  # rows E w_i
+        Ew = Ew - pi @ (l * Ew)
+        out = self.coef * E + ((l * Ew).T * pi) @ self.w
+        return out + Y_inv_t @ (E.T @ Y_inv_t)
+
+
+def _trust_region(
+    fun,
+    hessp,
+    x0: Array,
+    max_iter: int,
+    gtol: float = GTOL,
+    precond=None,
+    stop=None,
+    measure=None,
+    retract=None,
+):
     """Trust-region Newton with truncated preconditioned conjugate gradients (Steihaug-Toint).
 
     Minimises ``fun`` (returning value and gradient; value inf where
@@ -386,17 +638,24 @@ def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, prec
     if given, returns ``(solve, apply)`` of a symmetric positive definite
     approximation M of the Hessian at x; the trust region is then the ball
     ||p||_M <= radius. The CG forcing term min(1/2, sqrt(||grad||)) ||grad||
-    gives superlinear local convergence. Near the optimum the decrease of f
+    gives superlinear local convergence; CG never solves for a residual
+    below 0.3 gtol (in the measured norm), which would only refine a step
+    past the requested accuracy. Near the optimum the decrease of f
     falls below the round-off of f itself (|f| eps), where the usual ratio
     test is noise: a step is then accepted when it lowers the gradient norm
     instead, which keeps Newton's fast convergence down to ``gtol`` on the
-    (accurately computed) gradient.
+    (accurately computed) gradient. ``measure(x, grad)``, if given, is the
+    gradient norm that convergence is judged on (default: the Euclidean norm
+    of ``grad``; a change of variables makes them differ). ``stop(x, f,
+    gnorm)``, if given, is asked after every accepted step and ends the run
+    early when it returns True.
     """
+    measure = measure or (lambda x, grad: float(np.linalg.norm(grad)))
     x = np.array(x0, dtype=np.float64)
     f, grad = fun(x)
     if not np.isfinite(f):
         return _TRResult(x, f, np.inf, 0)
-    gnorm = float(np.linalg.norm(grad))
+    gnorm = measure(x, grad)
     radius = 1.0
     it = 0
     for it in range(1, max_iter + 1):
@@ -404,15 +663,18 @@ def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, prec
             it -= 1
             break
         M = precond(x) if precond is not None else (None, None)
+        inner = float(np.linalg.norm(grad))
+        floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
         step, pred, step_norm = _steihaug(
-            lambda p, x=x: hessp(x, p), grad, radius, min(0.5, np.sqrt(gnorm)), *M
+            lambda p, x=x: hessp(x, p), grad, radius, min(0.5, np.sqrt(gnorm)), *M, floor=floor
         )
-        x_new = x + step
-        f_new, grad_new = fun(x_new)
-        if not np.isfinite(f_new):
+        with np.errstate(all="ignore"):  # a trial point may overflow: it is rejected
+            x_new = x + step if retract is None else retract(x, step)
+            f_new, grad_new = fun(x_new)
+        if not (np.isfinite(f_new) and np.isfinite(grad_new).all()):
             radius = 0.25 * step_norm
             continue
-        gnorm_new = float(np.linalg.norm(grad_new))
+        gnorm_new = measure(x_new, grad_new)
         actual = f - f_new
         noise = 64.0 * np.finfo(float).eps * max(abs(f), 1.0)
         if abs(actual) <= noise and abs(pred) <= noise:
@@ -426,6 +688,8 @@ def _trust_region(fun, hessp, x0: Array, max_iter: int, gtol: float = GTOL, prec
             radius = 2.0 * radius
         if accept:
             x, f, grad, gnorm = x_new, f_new, grad_new, gnorm_new
+            if stop is not None and gnorm > gtol and stop(x, f, gnorm):
+                break
         if radius < 1e-14:
             break
     return _TRResult(x, f, gnorm, it)
@@ -439,45 +703,94 @@ class _TRResult:
     nit: int
 
 
-def _steihaug(hv, grad: Array, radius: float, eta: float, solve=None, apply=None):
+def _steihaug(
+    hv, grad: Array, radius: float, eta: float, solve=None, apply=None, floor: float = 0.0
+):
     """Approximate argmin of m(p) = g.p + p.Hp / 2 on ||p||_M <= radius.
 
-    Returns p, the predicted decrease m(0) - m(p) and ||p||_M (M = I without
-    a preconditioner).
+    CG stops at a residual of max(eta ||grad||, floor). Returns p, the
+    predicted decrease m(0) - m(p) and ||p||_M (M = I without a
+    preconditioner).
     """
-    solve = solve or (lambda v: v)
-    apply = apply or (lambda v: v)
+    if solve is None:
+        return _steihaug_plain(hv, grad, radius, eta, floor)
+    identity = False
     p = np.zeros_like(grad)
-    Mp = np.zeros_like(grad)
+    Mp = p
+    Hp = np.zeros_like(grad)  # H p, kept along so that the prediction costs no product
     r = grad.copy()
-    z = solve(r)
+    z = r if identity else solve(r)
     dvec = -z
     rz = float(r @ z)
-    tol = eta * np.sqrt(float(r @ r))
+    tol = max(eta * np.sqrt(float(r @ r)), floor)
     for _ in range(grad.size + 1):
         Hd = hv(dvec)
         curv = float(dvec @ Hd)
-        Md = apply(dvec)
-        if curv <= 0:
+        Md = dvec if identity else apply(dvec)
+        if curv > 0:
+            alpha = rz / curv
+            p_next = p + alpha * dvec
+            Mp_next = p_next if identity else Mp + alpha * Md
+            inside = float(p_next @ Mp_next) < radius**2
+        if curv <= 0 or not inside:
             tau = _to_boundary(p, dvec, Mp, Md, radius)
-            p, Mp = p + tau * dvec, Mp + tau * Md
+            p, Hp = p + tau * dvec, Hp + tau * Hd
+            Mp = p if identity else Mp + tau * Md
             break
-        alpha = rz / curv
-        p_next, Mp_next = p + alpha * dvec, Mp + alpha * Md
-        if float(p_next @ Mp_next) >= radius**2:
-            tau = _to_boundary(p, dvec, Mp, Md, radius)
-            p, Mp = p + tau * dvec, Mp + tau * Md
-            break
-        p, Mp = p_next, Mp_next
+        p, Mp, Hp = p_next, Mp_next, Hp + alpha * Hd
         r = r + alpha * Hd
         if np.sqrt(float(r @ r)) <= tol:
             break
-        z = solve(r)
+        z = r if identity else solve(r)
         rz_new = float(r @ z)
         dvec = -z + (rz_new / rz) * dvec
         rz = rz_new
-    pred = -(float(grad @ p) + 0.5 * float(p @ hv(p)))
+    pred = -(float(grad @ p) + 0.5 * float(p @ Hp))
     return p, pred, float(np.sqrt(max(float(p @ Mp), 0.0)))
+
+
+def _steihaug_plain(hv, grad: Array, radius: float, eta: float, floor: float):
+    """:func:`_steihaug` without a preconditioner, with fewer vector passes.
+
+    The norms ||p||^2, p.d and ||d||^2 follow the CG recurrences (p_k is
+    orthogonal to r_k and d_{k-1} to r_k): ||p + a d||^2 = pp + 2 a pd + a^2 dd,
+    pd' = beta (pd + a dd), dd' = r'.r' + beta^2 dd. Vectors are updated in place.
+    """
+    p = np.zeros_like(grad)
+    Hp = np.zeros_like(grad)
+    r = grad.copy()
+    d = -r
+    rr = float(r @ r)
+    tol2 = max(eta * np.sqrt(rr), floor) ** 2
+    pp = pd = 0.0
+    dd = rr
+    radius2 = radius * radius
+    for _ in range(grad.size + 1):
+        Hd = hv(d)
+        curv = float(d @ Hd)
+        if curv > 0:
+            alpha = rr / curv
+            pp_next = pp + 2.0 * alpha * pd + alpha * alpha * dd
+        if curv <= 0 or pp_next >= radius2:
+            tau = (-pd + np.sqrt(max(pd * pd - dd * (pp - radius2), 0.0))) / dd
+            p += tau * d
+            Hp += tau * Hd
+            break
+        p += alpha * d
+        Hp += alpha * Hd
+        r += alpha * Hd
+        rr_new = float(r @ r)
+        if rr_new <= tol2:
+            break
+        beta = rr_new / rr
+        pd = beta * (pd + alpha * dd)
+        dd = rr_new + beta * beta * dd
+        pp = pp_next
+        rr = rr_new
+        d *= beta
+        d -= r
+    pred = -(float(grad @ p) + 0.5 * float(p @ Hp))
+    return p, pred, float(np.sqrt(float(p @ p)))
 
 
 def _to_boundary(p: Array, dvec: Array, Mp: Array, Md: Array, radius: float) -> float:
@@ -486,6 +799,60 @@ def _to_boundary(p: Array, dvec: Array, Mp: Array, Md: Array, radius: float) -> 
     b = 2.0 * float(p @ Md)
     c = float(p @ Mp) - radius**2
     return (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+
+
+def _near_any(g: Array, others: list[Array], rel: float = 1e-8) -> bool:
+    """Whether g equals one of ``others`` up to ``rel`` (relative Frobenius distance)."""
+    scale = np.linalg.norm(g)
+    return any(np.linalg.norm(g - h) <= rel * scale for h in others)
+
+
+def _same_basin(g: Array, value: float, ref_value: float, ref_g: Array) -> bool:
+    """Whether a run at (g, value) has reached the converged local minimum ref_g.
+
+    Within ``SAME_BASIN`` relative distance of a converged minimum and not
+    below its value, Newton can only converge to that minimum (the minima
+    found are strict: the Hessian there is positive definite), so refining
+    further would repeat work already done.
+    """
+    return value >= ref_value and bool(
+        np.linalg.norm(g - ref_g) <= SAME_BASIN * np.linalg.norm(ref_g)
+    )
+
+
+def _joined(block: MapBlock, g: Array, value: float, ref_g: Array, samples: int = 7) -> bool:
+    """Whether phi stays at or below ``value`` on a path from g to a refined minimum.
+
+    With the polar decomposition g^-1 ref_g = R P (R orthogonal, P SPD), the
+    path is g C(s) P^s, 0 < s < 1, where C(s) = (I - s A / 2)^-1 (I + s A / 2)
+    is the Cayley curve of rotations from I to R (A = 2 (R - I)(R + I)^-1 is
+    skew): it follows the soft, rotational valleys of phi, which a straight
+    segment would cut across. ``samples`` interior points are checked.
+    Joined this way, g and ref_g lie in one basin of phi at the level
+    ``value``, and a descent from g is taken to end at ref_g (screened starts
+    of one valley often lie far apart along it, where a distance test
+    cannot tell). False when there is no such path (R has the eigenvalue
+    -1, e.g. det g and det ref_g differ in sign).
+    """
+    d = g.shape[0]
+    eye = np.eye(d)
+    with np.errstate(all="ignore"):
+        try:
+            U, sv, Vt = np.linalg.svd(np.linalg.solve(g, ref_g))
+            R = U @ Vt
+            A = 2.0 * np.linalg.solve((R + eye).T, (R - eye).T).T
+        except np.linalg.LinAlgError:
+            return False
+        if not np.isfinite(A).all() or np.abs(A).max() > 1e8:
+            return False
+        # Round-off of phi (a sum of O(1) terms in standardised coordinates).
+        tol = 1e-12 * (1.0 + abs(value))
+        for s in np.arange(1, samples + 1) / (samples + 1):
+            C = np.linalg.solve(eye - 0.5 * s * A, eye + 0.5 * s * A)
+            point = g @ C @ ((Vt.T * sv**s) @ Vt)
+            if not block.value_grad(point)[0] <= value + tol:
+                return False
+    return True
 
 
 def best_map(
@@ -510,7 +877,13 @@ def best_map(
     worse than that restriction), each reflected along its weakest singular
     direction (the other component of GL(d)), ``warm`` if given (a G in the
     caller's coordinates), and ``n_random`` seeded perturbations of the best
-    of those. Each start is refined by trust-region Newton; the best is kept.
+    of those, drawn in a covariant eigenvector frame (all starts are
+    covariant under per-group affine maps of the model, ``warm`` aside).
+    Every distinct start gets a short Newton run to a gradient norm of
+    ``SCREEN_GTOL`` (its basin is found by then); the best ``REFINE``
+    distinct basins are refined to ``gtol`` (a later one only if it can
+    plausibly win, and it stops once it reaches an earlier minimum); the
+    best is kept, and it is never worse than the SPD optimum.
     """
     block = MapBlock(pi, nu, Om, mu, S)
     d = block.d
@@ -526,9 +899,15 @@ def best_map(
             G, t = block.to_original(g0)
             gnorm = float(np.linalg.norm(grad))
             return MapResult(G, t, value, gnorm, True, 0, 1, [value])
-    # The covariant eigenvector starts with the lowest f join the others.
+    # The covariant eigenvector starts with the lowest f join the others
+    # (distinct ones only: for K = 2 every probe pencil has the same eigenvectors).
     eigen_values = np.array([block.value_grad(g)[0] for g in eigen[1:]])
-    starts = first + [eigen[1 + k] for k in np.argsort(eigen_values)[:EIGEN_STARTS]]
+    starts = list(first)
+    for k in np.argsort(eigen_values):
+        if len(starts) >= len(first) + EIGEN_STARTS:
+            break
+        if not _near_any(eigen[1 + k], starts):
+            starts.append(eigen[1 + k])
     spd, spd_value = block.spd_start(max_iter)
     starts.append(spd)
     for g in [*first, spd]:
@@ -536,25 +915,56 @@ def best_map(
         starts.append((U * np.r_[s[:-1], -s[-1]]) @ Vt)
     values = [block.value_grad(g)[0] for g in starts]
     base = starts[int(np.argmin(values))]
+    # Random perturbations drawn in the covariant eigenvector frame, so that
+    # per-group affine reparametrisations of the model get the same starts.
+    Fu, Fv = block.frame
     for _ in range(n_random):
-        starts.append(base + 0.5 * rng.standard_normal((d, d)) / np.sqrt(d))
-    # Phase 1: a short Newton run from every start; the KL is >= 0, so a start
-    # that reaches ~0 is a global minimum and ends the search.
+        starts.append(base + 0.5 * Fu @ rng.standard_normal((d, d)) @ Fv.T / np.sqrt(d))
+    # Phase 1: a short Newton run from every start, to a loose tolerance (the
+    # basin is found by then); the KL is >= 0, so a start that reaches ~0 is
+    # a global minimum and ends the search.
     runs = []
     total_it = 0
     for g0 in starts:
-        g, value, gnorm, nit = block.newton(g0, SCREEN_ITER, gtol)
+        g, value, gnorm, nit = block.newton(g0, SCREEN_ITER, max(gtol, SCREEN_GTOL))
         total_it += nit
         runs.append((value, gnorm, g))
         if value <= ZERO_KL:
             break
-    # Phase 2: the best distinct local minima are refined to convergence.
+    # Phase 2: the best distinct local minima are refined to convergence. A
+    # run screened next to a better one is the same basin; a later run that
+    # enters the neighbourhood of a refined minimum (without being below it)
+    # would only converge to that same minimum: it stops. A later run whose
+    # screened value is above the refined minimum by much more than the first
+    # refinement gained (10x, plus its own squared gradient norm: the decrease
+    # still possible near a minimum with O(1) curvature) is not refined.
     runs.sort(key=lambda run: run[0])
-    refined = []
-    for value, gnorm, g in runs[:REFINE]:
+    distinct: list[tuple[float, float, Array]] = []
+    for run in runs:
+        if not _near_any(run[2], [other[2] for other in distinct], SAME_BASIN):
+            distinct.append(run)
+    refined: list[tuple[float, float, Array]] = []
+    gain = 0.0
+    for value, gnorm, g in distinct[:REFINE]:
+        minima = [(v, h) for v, gn, h in refined if gn <= gtol]
+        if minima:
+            best_value = min(v for v, _ in minima)
+            if value - best_value > 10.0 * gain + gnorm**2:
+                continue
+            if any(_same_basin(g, value, *run) for run in minima):
+                continue
+            if any(_joined(block, g, value, h) for _, h in minima):
+                continue
         if gnorm > gtol:
-            g, value, gnorm, nit = block.newton(g, max_iter, gtol)
+
+            def stop(x: Array, f: float, gn: float, minima=minima) -> bool:
+                return any(_same_basin(x, f, *run) for run in minima)
+
+            screened = value
+            g, value, gnorm, nit = block.newton(g, max_iter, gtol, stop=stop)
             total_it += nit
+            if not refined:
+                gain = screened - value
         refined.append((value, gnorm, g))
     value, gnorm, g = min(refined, key=lambda run: (run[0], run[1]))
     if value > spd_value:

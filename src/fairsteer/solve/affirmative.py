@@ -24,7 +24,15 @@ from numpy.typing import NDArray
 from fairsteer.errors import InputError
 from fairsteer.model import GaussianModel
 from fairsteer.solve._frame import Frame, SharedReduction
-from fairsteer.solve._maps import GTOL, MAX_ITER, best_map, cholesky, closed_form_standard
+from fairsteer.solve._maps import (
+    GTOL,
+    MAX_ITER,
+    best_map,
+    cholesky,
+    closed_form_standard,
+    parallel_map,
+    small_blas,
+)
 from fairsteer.solve.solution import (
     Solution,
     chain_rule_kl,
@@ -100,7 +108,8 @@ def affirmative_action(
         candidates = list(range(model.n_groups))
     if model.shared_covariance:
         return _shared(model, candidates)
-    return _per_class(model, candidates, seed, n_random_starts, gtol, max_iter)
+    with small_blas(model.n_features):
+        return _per_class(model, candidates, seed, n_random_starts, gtol, max_iter)
 
 
 # ------------------------------------------------------------------ shared
@@ -241,11 +250,15 @@ def _per_class(
     S = frame.covariances(np.asarray(model.covariances))
     best: Solution | None = None
     tried = {}
-    for r in candidates:
+
+    def maps_from(r: int) -> tuple[Array, Array, dict]:
         pi = model.class_priors[r]
-        g, tau, diagnostics = per_class_reference(
-            pi, mu, S, r, model.groups, seed, n_random, gtol, max_iter
-        )
+        return per_class_reference(pi, mu, S, r, model.groups, seed, n_random, gtol, max_iter)
+
+    for r, (g, tau, diagnostics) in zip(
+        candidates, parallel_map(maps_from, candidates), strict=True
+    ):
+        pi = model.class_priors[r]
         sol = solution_from_standard(
             model,
             frame,
