@@ -85,15 +85,12 @@ def small_blas(d: int) -> AbstractContextManager:
 
     The searches make tens of thousands of d x d products; for d up to a few
     hundred, waking BLAS threads for each costs more than it saves (several
-    times slower on a loaded two-core machine). Uses threadpoolctl when it
-    is installed, and does nothing otherwise.
+    times slower on a loaded two-core machine).
     """
     if d > SMALL_BLAS_D:
         return nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas")
 
 
