@@ -27,7 +27,7 @@ import os
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +36,7 @@ from fairsteer.errors import InputError
 from fairsteer.files import atomic_output, write_atomic
 
 __all__ = [
+    "CellValues",
     "Chunk",
     "LabelCoder",
     "Table",
@@ -53,8 +54,10 @@ __all__ = [
 # pyarrow's CSV reader cuts the file into blocks of CHUNK_BYTES (grown when a
 # single row is longer); the standard-library CSV reader and the Parquet reader
 # take CHUNK_ROWS rows at a time.
-# Blocks of the carriage-return scan (bounded memory whatever the file size).
-SCAN_BYTES = 1 << 20
+# Read buffer of the Parquet reader (bounded memory whatever the file size).
+READ_BUFFER = 1 << 20
+# Blocks that pyarrow's CSV reader may hold beyond the batches handed out.
+READ_AHEAD = 2
 CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 16 << 20))
 CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 17))
 # "auto": pyarrow when importable, else the standard library; "stdlib" forces it.
@@ -386,6 +389,9 @@ class Chunk:
     n_rows: int
     columns: dict[str, Any]
     lines: list[int] | None = None
+    # pyarrow's parse of each CSV text column (None: Python must decide), kept
+    # because the default features parse every column twice on the first chunk.
+    _parsed: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def where(self, k: int) -> str:
         """``"row r (line l)"`` of row ``k`` of the chunk (1-based data row, file line for CSV)."""
@@ -409,14 +415,15 @@ class Chunk:
         col = self.columns[name]
         if isinstance(col, list) or self.source.kind != "csv":
             return None
-        pa, pc = _pyarrow(), _pyarrow_compute()
-        try:
-            # pyarrow accepts a subset of what float() accepts (not " 1" or "1_000"),
-            # and both round correctly: where it succeeds the values are float()'s.
-            values = pc.cast(col, pa.float64())
-        except pa.ArrowInvalid:
-            return None
-        return _numpy(values)
+        if name not in self._parsed:
+            pa, pc = _pyarrow(), _pyarrow_compute()
+            try:
+                # pyarrow accepts a subset of what float() accepts (not " 1" or "1_000"),
+                # and both round correctly: where it succeeds the values are float()'s.
+                self._parsed[name] = _numpy(pc.cast(col, pa.float64()))
+            except pa.ArrowInvalid:
+                self._parsed[name] = None
+        return self._parsed[name]
 
     def floats(self, names: Sequence[str]) -> NDArray[np.float64]:
         """Columns as a float64 matrix (n_rows, len(names)).
@@ -611,7 +618,9 @@ class TableSource:
             self.engine = "pyarrow"
             pq = _pyarrow_parquet()
             try:
-                self._parquet = pq.ParquetFile(path)
+                # Unbuffered column chunks, read through a small buffer: memory bounded
+                # by a batch, not by the file's row groups (pre_buffer keeps them all).
+                self._parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
             except Exception as exc:  # pyarrow raises many types for a bad file
                 raise InputError(f"cannot read {path} as Parquet: {exc}") from None
             self.names = list(self._parquet.schema_arrow.names)
@@ -729,9 +738,10 @@ class TableSource:
         done = 0
         block = max(1, CHUNK_BYTES)
         while True:
+            stream = _PacedFile(self.path, block)
             try:
                 reader = pcsv.open_csv(
-                    self.path,
+                    stream,
                     read_options=pcsv.ReadOptions(block_size=block),
                     parse_options=pcsv.ParseOptions(newlines_in_values=True),
                     convert_options=pcsv.ConvertOptions(
@@ -742,8 +752,8 @@ class TableSource:
                 if reader.schema.names != self.names:
                     break  # pyarrow reads the header differently: let csv decide
                 seen = 0
-                cr = self._has_cr()
                 for batch in reader:
+                    stream.taken()
                     n = batch.num_rows
                     if seen + n <= done:  # already yielded before a restart
                         seen += n
@@ -752,7 +762,9 @@ class TableSource:
                         batch = batch.slice(done - seen)
                     seen += n
                     cols = {name: batch.column(j) for j, name in enumerate(self.names)}
-                    if cr and any(_has_substring(c, "\r") for c in cols.values()):
+                    # stream.cr: a carriage return in the bytes read so far, which
+                    # hold this batch's rows (no cell scan for the usual LF file)
+                    if stream.cr and any(_has_substring(c, "\r") for c in cols.values()):
                         # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
                         # boundary splits: cells with a CR are read by csv instead.
                         yield from self._stdlib_chunks(done)
@@ -765,19 +777,9 @@ class TableSource:
                     block *= 4
                     continue
                 break
+            finally:
+                stream.close()
         yield from self._stdlib_chunks(done)
-
-    def _has_cr(self) -> bool:
-        """Whether the file holds a carriage return anywhere (one scan in bounded blocks).
-
-        Plain reads, not a memory map: the pages of a mapped file count in the
-        process's resident memory, which would grow with the file.
-        """
-        with open(self.path, "rb", buffering=0) as fh:
-            while block := fh.read(SCAN_BYTES):
-                if b"\r" in block:
-                    return True
-        return False
 
     def line_of(self, row: int) -> int | None:
         """File line (1-based) on which data row ``row`` (0-based) ends; for messages."""
@@ -795,6 +797,68 @@ class TableSource:
         except (OSError, UnicodeDecodeError, csv.Error):
             return None
         return None
+
+
+class _PacedFile(io.RawIOBase):
+    """A file that pyarrow's streaming CSV reader may read only a few blocks ahead.
+
+    pyarrow's reader reads ahead as fast as the disk allows, so a consumer
+    slower than the disk (every ``fit`` and ``steer``) would find the whole
+    file in memory. Here a read waits while :data:`READ_AHEAD` blocks beyond
+    the batches taken (:meth:`taken`) are in memory; a batch needs its own
+    block and at most the next one, so the reader can always make the next
+    batch. A wait longer than a second lets one more block through, so a
+    reader that needs more can never deadlock, only use more memory.
+    Also notes whether any byte read was a carriage return (``cr``).
+
+    Plain reads, not a memory map: the pages of a mapped file count in the
+    process's resident memory, which would grow with the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], block: int) -> None:
+        super().__init__()
+        import threading
+
+        self._fh = open(path, "rb", buffering=0)
+        self._cond = threading.Condition()
+        self._block, self._taken, self._read = block, 0, 0
+        self._stopped = False
+        self.cr = False
+
+    def readable(self) -> bool:
+        return True
+
+    def taken(self) -> None:
+        """One more batch has been handed to the caller."""
+        with self._cond:
+            self._taken += 1
+            self._cond.notify_all()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            limit = (self._taken + READ_AHEAD) * self._block
+            if not self._stopped and self._read >= limit:
+                self._cond.wait_for(
+                    lambda: self._stopped or self._read < (self._taken + READ_AHEAD) * self._block,
+                    timeout=1.0,
+                )
+        data = self._fh.read(size)
+        self._read += len(data)
+        if not self.cr and b"\r" in data:
+            self.cr = True
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        self._fh.close()
+        super().close()
 
 
 def _has_substring(col: Any, text: str) -> bool:
@@ -849,7 +913,7 @@ def format_floats(values: NDArray[np.float64]) -> Any:
     if slow.size:
         idx = np.arange(x.size)
         idx[slow] = x.size + np.arange(slow.size)
-        extra = pa.array([repr(float(v)) for v in x[slow]], pa.string())
+        extra = _string_array([repr(float(v)) for v in x[slow]])
         text = pa.concat_arrays([text, extra]).take(_arrow(idx))
     return text
 
@@ -867,6 +931,24 @@ def _arrow(x: NDArray[Any]) -> Any:
     kind = {np.dtype(np.float64): pa.float64(), np.dtype(np.int64): pa.int64()}[x.dtype]
     x = np.ascontiguousarray(x)
     return pa.Array.from_buffers(kind, x.size, [None, pa.py_buffer(x)])
+
+
+def _string_array(texts: Sequence[str]) -> Any:
+    """A pyarrow string array of Python strings, built from its buffers.
+
+    ``pyarrow.array`` of a list would first import pandas (0.3 s of a short
+    command) to ask whether the list is a pandas object.
+    """
+    pa = _pyarrow()
+    encoded = [t.encode() for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    if offsets[-1] < 2**31:
+        kind, offsets = pa.string(), offsets.astype(np.int32)
+    else:
+        kind = pa.large_string()
+    data = pa.py_buffer(b"".join(encoded))
+    return pa.Array.from_buffers(kind, len(encoded), [None, pa.py_buffer(offsets), data])
 
 
 def _numpy(arr: Any) -> NDArray[Any]:
@@ -897,6 +979,17 @@ def _quote(col: Any) -> Any:
         return col
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
     return pc.if_else(needs, quoted, col).cast(pa.string())
+
+
+class CellValues(NamedTuple):
+    """A float column given as ``values[index]``: few distinct values, one per row.
+
+    ``steer``'s weight column takes one value per (group, class) cell; written
+    as CSV, each distinct value is formatted once instead of once per row.
+    """
+
+    values: NDArray[np.float64]
+    index: NDArray[np.intp]
 
 
 class TableWriter:
@@ -931,8 +1024,11 @@ class TableWriter:
             csv.writer(buf, lineterminator="\n").writerow(names)
             fh.write(buf.getvalue().encode())
 
-    def write(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
-        """Write the rows of ``chunk`` with the ``replaced`` columns (float64) swapped in.
+    def write(self, chunk: Chunk, replaced: dict[str, Any]) -> None:
+        """Write the rows of ``chunk`` with the ``replaced`` columns swapped in.
+
+        ``replaced[name]`` is a float64 array of the chunk's rows or a
+        :class:`CellValues`.
 
         With pyarrow the chunk is formatted and written in a background thread
         while the caller prepares the next one (one chunk in flight, order
@@ -961,7 +1057,12 @@ class TableWriter:
         cols = []
         for name in self.names:
             if name in replaced:
-                cols.append([repr(float(v)) for v in replaced[name]])
+                value = replaced[name]
+                if isinstance(value, CellValues):
+                    texts = [repr(float(v)) for v in value.values]
+                    cols.append([texts[k] for k in value.index])
+                else:
+                    cols.append([repr(float(v)) for v in value])
             elif isinstance(chunk.columns[name], list):
                 cols.append(chunk.columns[name])
             else:
@@ -975,11 +1076,16 @@ class TableWriter:
         cols = []
         for name in self.names:
             if name in replaced:
-                cols.append(format_floats(replaced[name]))
+                value = replaced[name]
+                if isinstance(value, CellValues):  # each distinct value formatted once
+                    index = _arrow(np.asarray(value.index, dtype=np.int64))
+                    cols.append(format_floats(value.values).take(index))
+                else:
+                    cols.append(format_floats(value))
                 continue
             col = chunk.columns[name]
             if isinstance(col, list) or self.source.kind != "csv":
-                col = pa.array(_python_text(chunk, name), pa.string())
+                col = _string_array(_python_text(chunk, name))
             cols.append(_quote(col))
         cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
         rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
@@ -993,9 +1099,12 @@ class TableWriter:
         arrays = []
         for name in self.names:
             if name in replaced:
-                arrays.append(_arrow(np.asarray(replaced[name], dtype=np.float64)))
+                value = replaced[name]
+                if isinstance(value, CellValues):
+                    value = np.asarray(value.values, dtype=np.float64)[value.index]
+                arrays.append(_arrow(np.asarray(value, dtype=np.float64)))
             elif isinstance(chunk.columns[name], list):
-                arrays.append(pa.array(chunk.columns[name], pa.string()))
+                arrays.append(_string_array(chunk.columns[name]))
             else:
                 arrays.append(chunk.columns[name])
         if self._parquet is None:
