@@ -188,7 +188,7 @@ def _fit_transforms(
     seed = getattr(source_args, "seed", 0)
     rng = np.random.default_rng(seed)
     keys = X = g = c = None
-    for chunk in source.chunks():
+    for chunk in source.chunks(floats=features):
         parts = (
             rng.random(chunk.n_rows),
             chunk_features(chunk, features, source_args),
@@ -211,6 +211,15 @@ def _fit_transforms(
         classes=classes.sorted_codes(c),
         seed=seed,
     )
+
+
+def _more_than_a_chunk(source: Any) -> bool:
+    """Whether a CSV file read by pyarrow spans more than two chunks."""
+    from fairsteer import io
+
+    if source.kind != "csv" or source.engine != "pyarrow":
+        return False
+    return os.path.getsize(source.path) > 2 * io.CHUNK_BYTES
 
 
 def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
@@ -259,7 +268,8 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     features: list[str] = list(args.features or ())
     stats = span = family = None
     n_rows = 0
-    for chunk in source.chunks():
+    chunks = source.chunks(floats=features)
+    while (chunk := next(chunks, None)) is not None:
         try:
             if stats is None:
                 if not features:
@@ -268,6 +278,11 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                         raise InputError(
                             "no numeric feature columns found; name them with --features"
                         )
+                    if _more_than_a_chunk(source):
+                        # Read the rest with the features parsed by the reader: the
+                        # first chunk is read twice, every later one faster.
+                        chunks.close()  # type: ignore[attr-defined]
+                        chunks = source.chunks(floats=features, start=chunk.n_rows)
                 span = FeatureRange(len(features))
             X = chunk_features(chunk, features, args)
         except InputError as exc:

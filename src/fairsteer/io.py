@@ -415,6 +415,8 @@ class Chunk:
         col = self.columns[name]
         if isinstance(col, list) or self.source.kind != "csv":
             return None
+        if name not in self._parsed and col.type != _pyarrow().string():  # read as float64
+            self._parsed[name] = _numpy(col)
         if name not in self._parsed:
             pa, pc = _pyarrow(), _pyarrow_compute()
             try:
@@ -656,8 +658,22 @@ class TableSource:
             return f"{self.path} has no data rows; it needs a header and at least one row"
         return f"{self.path} has no rows"
 
-    def chunks(self) -> Iterator[Chunk]:
+    def chunks(self, floats: Sequence[str] = (), start: int = 0) -> Iterator[Chunk]:
         """The data rows, chunk after chunk, in file order.
+
+        Parameters
+        ----------
+        floats : sequence of str
+            Columns that pyarrow's CSV reader may parse as float64 while it
+            reads (the features: faster than text then a cast). Such a column
+            then holds float64 values, not its text, so it must be replaced
+            when written. From a chunk with a cell that pyarrow does not take
+            as a finite number on, every column is read as text again, so that
+            :meth:`Chunk.floats` decides and words any error as for text.
+            Ignored by the standard-library and Parquet readers.
+        start : int
+            Index of the first data row to yield (the rows before it are read
+            and checked, not yielded).
 
         Raises
         ------
@@ -666,16 +682,21 @@ class TableSource:
             named), text that is not UTF-8.
         """
         if self.kind == "parquet":
-            return _prefetched(self._parquet_chunks())
+            return _prefetched(self._parquet_chunks(start))
         if self.engine == "stdlib":
-            return self._stdlib_chunks(0)
-        return _prefetched(self._arrow_chunks())
+            return self._stdlib_chunks(start)
+        return _prefetched(self._arrow_chunks(start, [n for n in self.names if n in floats]))
 
-    def _parquet_chunks(self) -> Iterator[Chunk]:
+    def _parquet_chunks(self, skip: int) -> Iterator[Chunk]:
         start = 0
         try:
             batches = self._parquet.iter_batches(batch_size=max(1, CHUNK_ROWS))
             for batch in batches:
+                if start + batch.num_rows <= skip:
+                    start += batch.num_rows
+                    continue
+                if start < skip:
+                    batch, start = batch.slice(skip - start), skip
                 if batch.num_rows:
                     cols = {n: batch.column(j) for j, n in enumerate(self.names)}
                     yield Chunk(self, start, batch.num_rows, cols)
@@ -723,35 +744,38 @@ class TableSource:
         cols = {name: [r[j] for r in rows] for j, name in enumerate(self.names)}
         return Chunk(self, start, len(rows), cols, lines)
 
-    def _arrow_chunks(self) -> Iterator[Chunk]:
-        """pyarrow's streaming reader, every column as text.
+    def _arrow_chunks(self, skip: int, floats: list[str]) -> Iterator[Chunk]:
+        """pyarrow's streaming reader, every column as text but the ``floats``.
 
         A row longer than a block makes pyarrow fail: the read restarts with
-        larger blocks, skipping the rows already yielded. Any other parse
-        failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands over
-        to the standard-library reader at the same row, which gives today's
-        exact result or message.
+        larger blocks, skipping the rows already yielded. A cell of a
+        ``floats`` column that pyarrow does not parse as a finite number
+        restarts the read at the same row with every column as text. Any other
+        parse failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands
+        over to the standard-library reader at the same row, which gives
+        today's exact result or message.
         """
         pa = _pyarrow()
         import pyarrow.csv as pcsv
 
-        done = 0
+        done = skip
         block = max(1, CHUNK_BYTES)
         while True:
             stream = _PacedFile(self.path, block)
+            types = {n: pa.float64() if n in floats else pa.string() for n in self.names}
             try:
                 reader = pcsv.open_csv(
                     stream,
                     read_options=pcsv.ReadOptions(block_size=block),
                     parse_options=pcsv.ParseOptions(newlines_in_values=True),
                     convert_options=pcsv.ConvertOptions(
-                        column_types={n: pa.string() for n in self.names},
-                        strings_can_be_null=False,
+                        column_types=types, strings_can_be_null=False
                     ),
                 )
                 if reader.schema.names != self.names:
                     break  # pyarrow reads the header differently: let csv decide
                 seen = 0
+                restart = False
                 for batch in reader:
                     stream.taken()
                     n = batch.num_rows
@@ -762,19 +786,27 @@ class TableSource:
                         batch = batch.slice(done - seen)
                     seen += n
                     cols = {name: batch.column(j) for j, name in enumerate(self.names)}
+                    if floats and not all(_all_finite(cols[name]) for name in floats):
+                        floats, restart = [], True  # read as text from this chunk on
+                        break
                     # stream.cr: a carriage return in the bytes read so far, which
                     # hold this batch's rows (no cell scan for the usual LF file)
-                    if stream.cr and any(_has_substring(c, "\r") for c in cols.values()):
+                    text = [c for name, c in cols.items() if name not in floats]
+                    if stream.cr and any(_has_substring(c, "\r") for c in text):
                         # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
                         # boundary splits: cells with a CR are read by csv instead.
                         yield from self._stdlib_chunks(done)
                         return
                     yield Chunk(self, done, batch.num_rows, cols)
                     done += batch.num_rows
-                return
+                if not restart:
+                    return
             except pa.ArrowInvalid as exc:
                 if "straddl" in str(exc) and block < (1 << 31) // 4:
                     block *= 4
+                    continue
+                if floats:  # a cell pyarrow does not parse as a number: text from here
+                    floats = []
                     continue
                 break
             finally:
@@ -819,7 +851,7 @@ class _PacedFile(io.RawIOBase):
         super().__init__()
         import threading
 
-        self._fh = open(path, "rb", buffering=0)
+        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
         self._cond = threading.Condition()
         self._block, self._taken, self._read = block, 0, 0
         self._stopped = False
@@ -859,6 +891,11 @@ class _PacedFile(io.RawIOBase):
             self._cond.notify_all()
         self._fh.close()
         super().close()
+
+
+def _all_finite(col: Any) -> bool:
+    """Whether a float64 pyarrow array has no null, NaN or infinite value."""
+    return col.null_count == 0 and bool(np.isfinite(_numpy(col)).all())
 
 
 def _has_substring(col: Any, text: str) -> bool:
