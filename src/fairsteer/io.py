@@ -932,27 +932,38 @@ def format_floats(values: NDArray[np.float64]) -> Any:
     Python's ``repr`` (both pick the shortest digit string that reads back to
     the same float, the closest one on a tie) but formats them differently:
     ``1`` for ``1.0``, ``1.5e-7`` for ``1.5e-07``, and it switches to
-    exponent notation at other magnitudes. Values that Python writes without an
-    exponent (0 and 1e-4 <= |v| < 1e16) and pyarrow too are fixed up with
-    ``.0`` where needed; every other value (rare in data) goes through ``repr``.
+    exponent notation at other magnitudes. For 0 and 1e-4 <= |v| < 1e9 neither
+    writes an exponent, and pyarrow's text lacks a ``.`` exactly when ``v`` is
+    a whole number: those get ``.0``. Between 1e9 and 1e16 Python writes no
+    exponent and pyarrow sometimes does: the text is checked. Every other
+    value (rare in data) goes through ``repr``.
     """
     pa, pc = _pyarrow(), _pyarrow_compute()
     x = np.ascontiguousarray(values, dtype=np.float64)
     text = pc.cast(_arrow(x), pa.string())
     a = np.abs(x)
-    fixed = (a == 0) | ((a >= 1e-4) & (a < 1e16))
-    has_e = _numpy(pc.match_substring(text, "e"))
-    no_dot = ~_numpy(pc.match_substring(text, "."))
-    add = fixed & ~has_e & no_dot
-    if add.any():
-        text = pc.if_else(_arrow(add), pc.binary_join_element_wise(text, ".0", ""), text)
-    slow = np.flatnonzero(~fixed | has_e)
-    if slow.size:
-        idx = np.arange(x.size)
-        idx[slow] = x.size + np.arange(slow.size)
-        extra = _string_array([repr(float(v)) for v in x[slow]])
-        text = pa.concat_arrays([text, extra]).take(_arrow(idx))
-    return text
+    plain = (a == 0) | ((a >= 1e-4) & (a < 1e9))
+    whole = plain & (x == np.floor(x))
+    slow = ~plain
+    big = (a >= 1e9) & (a < 1e16)  # Python's fixed notation, pyarrow's maybe not
+    if big.any():
+        has_e = _numpy(pc.match_substring(text, "e"))
+        no_dot = ~_numpy(pc.match_substring(text, "."))
+        whole |= big & ~has_e & no_dot
+        slow &= ~(big & ~has_e)
+    fix = np.flatnonzero(whole | slow)
+    if fix.size == 0:
+        return text
+    if fix.size > x.size // 16:  # many whole numbers: one vectorised pass for them
+        text = pc.if_else(_arrow(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+        fix = np.flatnonzero(slow)
+        if fix.size == 0:
+            return text.cast(pa.string())
+    # the few values to fix, as Python writes them, in row order
+    extra = _string_array([repr(v) for v in x[fix].tolist()])
+    mask = np.zeros(x.size, dtype=np.bool_)
+    mask[fix] = True
+    return pc.replace_with_mask(text, _arrow(mask), extra).cast(pa.string())
 
 
 def _arrow(x: NDArray[Any]) -> Any:
