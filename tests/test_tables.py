@@ -365,7 +365,10 @@ def test_cell_values_write_like_their_floats(tmp_path):
                     writer.write(chunk, {"w": w})
                 writer.close()
             outputs.append(out)
-        assert outputs[0].read_bytes() == outputs[1].read_bytes(), (kind, engine)
+        if kind == "csv":
+            assert outputs[0].read_bytes() == outputs[1].read_bytes(), engine
+        else:  # the same table (CellValues columns are dictionary-encoded in the file)
+            assert pq.read_table(outputs[0]).equals(pq.read_table(outputs[1]))
 
 
 def lf_csv(path, n):
