@@ -1018,9 +1018,24 @@ def _numpy(arr: Any) -> NDArray[Any]:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def _text_bytes(col: Any) -> memoryview:
+    """The UTF-8 bytes of a pyarrow string array's cells, concatenated (no copy)."""
+    pa = _pyarrow()
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(col.type) else np.int32
+    offsets = np.frombuffer(col.buffers()[1], dtype=width)
+    lo, hi = offsets[col.offset], offsets[col.offset + len(col)]
+    data = col.buffers()[2]
+    return memoryview(data)[lo:hi] if data is not None else memoryview(b"")
+
+
 def _quote(col: Any) -> Any:
     """CSV text of string cells as ``csv.writer`` writes them (quoted when needed)."""
     pa, pc = _pyarrow(), _pyarrow_compute()
+    text = bytes(_text_bytes(col))  # every cell's bytes, one after the other
+    if not any(c.encode() in text for c in _CSV_SPECIALS):  # the usual case: one scan
+        return col
     pattern = "[" + "".join("\\" + c if c in '\\"]^-' else c for c in _CSV_SPECIALS) + "]"
     needs = pc.match_substring_regex(col, pattern)
     if not pc.any(needs).as_py():
@@ -1137,10 +1152,7 @@ class TableWriter:
             cols.append(_quote(col))
         cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
         rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
-        rows = rows.cast(pa.string())
-        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)
-        lo, hi = offsets[rows.offset], offsets[rows.offset + len(rows)]
-        self.fh.write(memoryview(rows.buffers()[2])[lo:hi])
+        self.fh.write(_text_bytes(rows.cast(pa.string())))
 
     def _write_parquet(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
         pa, pq = _pyarrow(), _pyarrow_parquet()
