@@ -460,3 +460,22 @@ def test_csv_read_ahead_is_bounded(chunks, tmp_path, monkeypatch):
     assert n == 3000 and len(ahead) > 30
     # READ_AHEAD blocks, and the one read that a timed-out wait may let through
     assert max(ahead) <= fio.READ_AHEAD + 1
+
+
+@pytest.mark.parametrize("source", ["csv", "lf-csv", "parquet"])
+def test_rows_formatted_in_parts_keep_the_output(tmp_path, capsys, chunks, monkeypatch, source):
+    """A chunk's rows formatted by several threads, in parts of any size: today's bytes."""
+    chunks("pyarrow", tiny=False)
+    monkeypatch.setattr(fio, "WRITE_THREADS", 3)
+    monkeypatch.setattr(fio, "MIN_PART_ROWS", 7)  # 300 rows: 3 parts of 100
+    data = tmp_path / ("d.parquet" if source == "parquet" else "d.csv")
+    if source == "csv":
+        tricky_csv(data)  # its carriage returns: the csv module reads it (lists of text)
+    elif source == "lf-csv":
+        lf_csv(data, n=300)  # pyarrow reads it (text arrays, float64 features)
+    else:
+        write_parquet(data)
+    reference_steer(data, tmp_path / "ref.csv")
+    code, _, err = steer(capsys, data, tmp_path / "o.csv")
+    assert code == 0, err
+    assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()

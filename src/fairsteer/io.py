@@ -58,6 +58,9 @@ __all__ = [
 READ_BUFFER = 1 << 20
 # Blocks that pyarrow's CSV reader may hold beyond the batches handed out.
 READ_AHEAD = 2
+# Threads that format the rows of a CSV chunk, in parts of at least MIN_PART_ROWS.
+WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
+MIN_PART_ROWS = 4096
 CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 16 << 20))
 CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 17))
 # "auto": pyarrow when importable, else the standard library; "stdlib" forces it.
@@ -1082,6 +1085,11 @@ class TableWriter:
             # Formatting and writing a chunk (pyarrow kernels, file writes: the
             # GIL is released) overlap the next chunk's parse and steer.
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fairsteer-writer")
+        self._formatters: Any = None
+        if self._fast and kind == "csv" and WRITE_THREADS > 1:
+            # Float formatting is most of the time of a CSV write: a chunk's rows
+            # are formatted in WRITE_THREADS parts at once.
+            self._formatters = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="fairsteer-fmt")
         if kind == "csv":
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow(names)
@@ -1134,25 +1142,47 @@ class TableWriter:
         csv.writer(buf, lineterminator="\n").writerows(zip(*cols))
         self.fh.write(buf.getvalue().encode())
 
-    def _write_csv_arrow(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
+    def _write_csv_arrow(self, chunk: Chunk, replaced: dict[str, Any]) -> None:
+        # Python-level text (stdlib or Parquet cells) is made once, not once per part.
+        text = {
+            name: _python_text(chunk, name)
+            for name in self.names
+            if name not in replaced
+            and (isinstance(chunk.columns[name], list) or self.source.kind != "csv")
+        }
+        n = chunk.n_rows
+        parts = max(1, min(WRITE_THREADS, n // MIN_PART_ROWS))
+        bounds = [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+        if parts == 1:
+            rows = [self._csv_rows(chunk, replaced, text, 0, n)]
+        else:  # the row ranges formatted side by side (pyarrow releases the GIL)
+            rows = list(
+                self._formatters.map(lambda b: self._csv_rows(chunk, replaced, text, *b), bounds)
+            )
+        for part in rows:
+            self.fh.write(_text_bytes(part))
+
+    def _csv_rows(
+        self, chunk: Chunk, replaced: dict[str, Any], text: dict[str, list[str]], lo: int, hi: int
+    ) -> Any:
+        """CSV lines of rows ``lo:hi`` of the chunk, as one pyarrow string array."""
         pa, pc = _pyarrow(), _pyarrow_compute()
         cols = []
         for name in self.names:
             if name in replaced:
                 value = replaced[name]
                 if isinstance(value, CellValues):  # each distinct value formatted once
-                    index = _arrow(np.asarray(value.index, dtype=np.int64))
+                    index = _arrow(np.asarray(value.index[lo:hi], dtype=np.int64))
                     cols.append(format_floats(value.values).take(index))
                 else:
-                    cols.append(format_floats(value))
-                continue
-            col = chunk.columns[name]
-            if isinstance(col, list) or self.source.kind != "csv":
-                col = _string_array(_python_text(chunk, name))
-            cols.append(_quote(col))
+                    cols.append(format_floats(value[lo:hi]))
+            elif name in text:
+                cols.append(_quote(_string_array(text[name][lo:hi])))
+            else:
+                cols.append(_quote(chunk.columns[name].slice(lo, hi - lo)))
         cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
         rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
-        self.fh.write(_text_bytes(rows.cast(pa.string())))
+        return rows.cast(pa.string())
 
     def _write_parquet(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
         pa, pq = _pyarrow(), _pyarrow_parquet()
@@ -1181,18 +1211,20 @@ class TableWriter:
         try:
             self._wait()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            for pool in (self._pool, self._formatters):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._pool = self._formatters = None
         if self.kind == "parquet":
             if self._parquet is None:
                 raise InputError("no rows to write")
             self._parquet.close()
 
-    def __del__(self) -> None:  # a writer abandoned after an error: stop its thread
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def __del__(self) -> None:  # a writer abandoned after an error: stop its threads
+        for name in ("_pool", "_formatters"):
+            pool = getattr(self, name, None)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
