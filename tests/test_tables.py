@@ -479,3 +479,36 @@ def test_rows_formatted_in_parts_keep_the_output(tmp_path, capsys, chunks, monke
     code, _, err = steer(capsys, data, tmp_path / "o.csv")
     assert code == 0, err
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_core_only_install_steers_like_the_stdlib_engine(tmp_path, capsys, chunks):
+    """Without pyarrow (blocked in a subprocess) fit and steer run and write today's bytes."""
+    data = tmp_path / "d.csv"
+    tricky_csv(data, n=120)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pyarrow"] = None  # as if not installed: importing it fails
+        from fairsteer.cli import main
+        data, out = sys.argv[1], sys.argv[2]
+        args = [data, "--group", "sex", "--label", "label"]
+        code = main(["steer", *args, "-o", out]) or main(["fit", *args, "-o", out + ".json"])
+        loaded = [m for m, v in sys.modules.items() if v and m.startswith(("pyarrow", "pandas"))]
+        print(loaded or "ok")
+        sys.exit(code)
+        """
+    )
+    out = tmp_path / "core.csv"
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(data), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("ok")
+    chunks("stdlib", tiny=False)
+    code, _, err = steer(capsys, data, tmp_path / "stdlib.csv")
+    assert code == 0, err
+    assert out.read_bytes() == (tmp_path / "stdlib.csv").read_bytes()
