@@ -56,8 +56,10 @@ __all__ = [
 # take CHUNK_ROWS rows at a time.
 # Read buffer of the Parquet reader (bounded memory whatever the file size).
 READ_BUFFER = 1 << 20
-# Blocks that pyarrow's CSV reader may hold beyond the batches handed out.
+# Blocks that pyarrow's CSV reader may hold beyond the batches handed out, and the
+# longest wait for the caller to take a batch before one more block is read anyway.
 READ_AHEAD = 2
+STALL_SECONDS = 30.0
 # Threads that format the rows of a CSV chunk, in parts of at least MIN_PART_ROWS.
 WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 MIN_PART_ROWS = 4096
@@ -842,8 +844,9 @@ class _PacedFile(io.RawIOBase):
     file in memory. Here a read waits while :data:`READ_AHEAD` blocks beyond
     the batches taken (:meth:`taken`) are in memory; a batch needs its own
     block and at most the next one, so the reader can always make the next
-    batch. A wait longer than a second lets one more block through, so a
-    reader that needs more can never deadlock, only use more memory.
+    batch (no test run ever waited out the timeout). Should pyarrow need
+    more, a wait of :data:`STALL_SECONDS` lets one more block through:
+    slower and more memory, never a deadlock.
     Also notes whether any byte read was a carriage return (``cr``).
 
     Plain reads, not a memory map: the pages of a mapped file count in the
@@ -875,7 +878,7 @@ class _PacedFile(io.RawIOBase):
             if not self._stopped and self._read >= limit:
                 self._cond.wait_for(
                     lambda: self._stopped or self._read < (self._taken + READ_AHEAD) * self._block,
-                    timeout=1.0,
+                    timeout=STALL_SECONDS,
                 )
         data = self._fh.read(size)
         self._read += len(data)
