@@ -512,3 +512,22 @@ def test_core_only_install_steers_like_the_stdlib_engine(tmp_path, capsys, chunk
     code, _, err = steer(capsys, data, tmp_path / "stdlib.csv")
     assert code == 0, err
     assert out.read_bytes() == (tmp_path / "stdlib.csv").read_bytes()
+
+
+def test_parquet_row_groups_gather_chunks(tmp_path, capsys, chunks, monkeypatch):
+    """Chunks are gathered into row groups of >= ROW_GROUP_ROWS rows; the table is the same."""
+    chunks("pyarrow", tiny=True)  # 3 rows a chunk
+    data = tmp_path / "d.parquet"
+    write_parquet(data, n=100)
+    tables = {}
+    for rows in (1, 10):
+        monkeypatch.setattr(fio, "ROW_GROUP_ROWS", rows)
+        out = tmp_path / f"o{rows}.parquet"
+        code, _, err = steer(capsys, data, out)
+        assert code == 0, err
+        meta = pq.ParquetFile(out).metadata
+        sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+        want = [3] * 33 + [1] if rows == 1 else [12] * 8 + [4]  # 4 chunks of 3 >= 10 rows
+        assert sizes == want
+        tables[rows] = pq.read_table(out)
+    assert tables[1].equals(tables[10])

@@ -63,8 +63,13 @@ STALL_SECONDS = 30.0
 # Threads that format the rows of a CSV chunk, in parts of at least MIN_PART_ROWS.
 WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 MIN_PART_ROWS = 4096
-CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 16 << 20))
-CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 17))
+# Rows of a Parquet row group that steer writes (chunks are buffered up to it).
+ROW_GROUP_ROWS = 1 << 17
+# 4 MB / 32768 rows: on 2M rows (bench_tables.py, 2026-11-26) as fast as 16 MB /
+# 131072 (fit faster: the reader and the statistics overlap sooner) and a third
+# less peak memory.
+CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 4 << 20))
+CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 15))
 # "auto": pyarrow when importable, else the standard library; "stdlib" forces it.
 CSV_ENGINE = os.environ.get("FAIRSTEER_CSV_ENGINE", "auto")
 
@@ -1079,6 +1084,7 @@ class TableWriter:
     def __init__(self, fh: BinaryIO, kind: str, names: list[str], source: TableSource) -> None:
         self.fh, self.kind, self.names, self.source = fh, kind, names, source
         self._parquet: Any = None
+        self._batches: list[Any] = []  # Parquet rows not yet written
         self._fast = have_pyarrow() and not (kind == "csv" and source.engine == "stdlib")
         self._pending: Any = None
         self._pool: Any = None
@@ -1207,7 +1213,17 @@ class TableWriter:
             continuous = {n for n, v in replaced.items() if not isinstance(v, CellValues)}
             dictionary = [n for n in self.names if n not in continuous]
             self._parquet = pq.ParquetWriter(self.fh, schema, use_dictionary=dictionary)
-        self._parquet.write_batch(pa.record_batch(arrays, schema=self._parquet.schema))
+        self._batches.append(pa.record_batch(arrays, schema=self._parquet.schema))
+        if sum(b.num_rows for b in self._batches) >= ROW_GROUP_ROWS:
+            self._flush_parquet()
+
+    def _flush_parquet(self) -> None:
+        """Write the buffered batches as one row group (chunks are smaller than row groups)."""
+        if self._batches:
+            pa = _pyarrow()
+            table = pa.Table.from_batches(self._batches)
+            self._batches = []
+            self._parquet.write_table(table, row_group_size=table.num_rows)
 
     def close(self) -> None:
         """Finish the file (the Parquet footer); the caller closes ``fh``."""
@@ -1221,6 +1237,7 @@ class TableWriter:
         if self.kind == "parquet":
             if self._parquet is None:
                 raise InputError("no rows to write")
+            self._flush_parquet()
             self._parquet.close()
 
     def __del__(self) -> None:  # a writer abandoned after an error: stop its threads
