@@ -395,12 +395,13 @@ def test_chunks_parse_floats_and_start_anywhere(chunks, tmp_path, tiny):
     lf_csv(data, n=200)
     source = fio.open_table(data)
     text, _ = _rows(source)
-    parsed, _ = _rows(source, floats=["x2"])
-    # x2 as float64 equals float() of its text (both round correctly); the rest is the text
+    parsed, _ = _rows(source, floats=["x2"], labels=["sex", "label"])
+    # x2 as float64 equals float() of its text (both round correctly); the rest is the
+    # text (sex and label as dictionary arrays of it)
     assert [r[1] for r in parsed] == [float(r[1]) for r in text]
     assert [r[:1] + r[2:] for r in parsed] == [r[:1] + r[2:] for r in text]
     for start in (0, 1, 57, 199):
-        rows, starts = _rows(source, floats=["x2"], start=start)
+        rows, starts = _rows(source, floats=["x2"], labels=["sex"], start=start)
         assert rows == parsed[start:] and starts[0] == start
     parquet = tmp_path / "d.parquet"
     write_parquet(parquet, n=50)
@@ -531,3 +532,37 @@ def test_parquet_row_groups_gather_chunks(tmp_path, capsys, chunks, monkeypatch)
         assert sizes == want
         tables[rows] = pq.read_table(out)
     assert tables[1].equals(tables[10])
+
+
+def test_used_dictionary_entries_in_order_of_first_use():
+    values = ["a", "b", "c", "d"]
+    indices = np.array([2, 2, 0, 2, 0, 3], dtype=np.int32)  # "b" unused, "c" first
+    labels, local = fio._used_entries(values, indices)
+    assert labels == ["c", "a", "d"]
+    assert [labels[k] for k in local] == [values[k] for k in indices]
+
+
+def test_abandoned_reader_lets_the_process_exit(tmp_path):
+    """A caller that stops after one chunk: the paced reader ends, the process exits cleanly.
+
+    (A reader thread left waiting for the caller used to outlive the interpreter.)
+    """
+    data = tmp_path / "d.csv"
+    lf_csv(data, n=3000)
+    script = textwrap.dedent(
+        """
+        import sys
+        import fairsteer.io as fio
+        chunk = next(iter(fio.open_table(sys.argv[1]).chunks(floats=["x2"])))
+        print(chunk.n_rows > 0)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(data)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC, "FAIRSTEER_CHUNK_BYTES": "4096"},
+        timeout=25,  # well under fio.STALL_SECONDS: no wait ran out
+        check=False,
+    )
+    assert res.returncode == 0 and res.stdout == "True\n", res.stderr

@@ -188,7 +188,7 @@ def _fit_transforms(
     seed = getattr(source_args, "seed", 0)
     rng = np.random.default_rng(seed)
     keys = X = g = c = None
-    for chunk in source.chunks(floats=features):
+    for chunk in source.chunks(floats=features, labels=[groups.name, classes.name]):
         parts = (
             rng.random(chunk.n_rows),
             chunk_features(chunk, features, source_args),
@@ -268,7 +268,8 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     features: list[str] = list(args.features or ())
     stats = span = family = None
     n_rows = 0
-    chunks = source.chunks(floats=features)
+    labels = [args.group, args.label]
+    chunks = source.chunks(floats=features, labels=labels)
     while (chunk := next(chunks, None)) is not None:
         try:
             if stats is None:
@@ -282,7 +283,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                         # Read the rest with the features parsed by the reader: the
                         # first chunk is read twice, every later one faster.
                         chunks.close()  # type: ignore[attr-defined]
-                        chunks = source.chunks(floats=features, start=chunk.n_rows)
+                        chunks = source.chunks(floats=features, start=chunk.n_rows, labels=labels)
                 span = FeatureRange(len(features))
             X = chunk_features(chunk, features, args)
         except InputError as exc:

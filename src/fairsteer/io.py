@@ -24,7 +24,7 @@ import csv
 import importlib.util
 import io
 import os
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -583,6 +583,8 @@ class LabelCoder:
             local = np.fromiter((seen.setdefault(v, len(seen)) for v in col), np.intp, len(col))
             return list(seen), local
         if self.source.kind == "csv":
+            if _pyarrow().types.is_dictionary(col.type):  # read as a dictionary array
+                return _used_entries(col.dictionary.to_pylist(), _numpy(col.indices))
             enc = _pyarrow_compute().dictionary_encode(col)
             return enc.dictionary.to_pylist(), _numpy(enc.indices).astype(np.intp)
         # Parquet (no nulls): the values as numpy gives them, as Table.labels.
@@ -603,6 +605,19 @@ class LabelCoder:
         rank = np.empty(len(order), dtype=np.intp)
         rank[order] = np.arange(len(order))
         return rank[codes]
+
+
+def _used_entries(values: list[Any], indices: NDArray[Any]) -> tuple[list[Any], NDArray[np.intp]]:
+    """The dictionary entries that rows use, in order of first use, and each row's index.
+
+    A dictionary array's dictionary may hold entries no row uses (a sliced
+    batch) or list them in another order than the rows first use them.
+    """
+    used, first = np.unique(indices, return_index=True)
+    order = used[np.argsort(first)]
+    local = np.empty(len(values), dtype=np.intp)
+    local[order] = np.arange(order.size)
+    return [values[k] for k in order], local[indices]
 
 
 def _py_value(v: Any) -> Any:
@@ -668,7 +683,9 @@ class TableSource:
             return f"{self.path} has no data rows; it needs a header and at least one row"
         return f"{self.path} has no rows"
 
-    def chunks(self, floats: Sequence[str] = (), start: int = 0) -> Iterator[Chunk]:
+    def chunks(
+        self, floats: Sequence[str] = (), start: int = 0, labels: Sequence[str] = ()
+    ) -> Iterator[Chunk]:
         """The data rows, chunk after chunk, in file order.
 
         Parameters
@@ -684,6 +701,9 @@ class TableSource:
         start : int
             Index of the first data row to yield (the rows before it are read
             and checked, not yielded).
+        labels : sequence of str
+            Columns with few distinct values (group and class) that pyarrow's
+            CSV reader may read as dictionary arrays of their text.
 
         Raises
         ------
@@ -695,7 +715,15 @@ class TableSource:
             return _prefetched(self._parquet_chunks(start))
         if self.engine == "stdlib":
             return self._stdlib_chunks(start)
-        return _prefetched(self._arrow_chunks(start, [n for n in self.names if n in floats]))
+        floats = [n for n in self.names if n in floats]
+        labels = [n for n in self.names if n in labels and n not in floats]
+        streams: list[_PacedFile] = []
+
+        def stop() -> None:  # a caller that stops early: pyarrow's reads end at once
+            for stream in streams:
+                stream.stop()
+
+        return _prefetched(self._arrow_chunks(start, floats, labels, streams), on_stop=stop)
 
     def _parquet_chunks(self, skip: int) -> Iterator[Chunk]:
         start = 0
@@ -754,7 +782,9 @@ class TableSource:
         cols = {name: [r[j] for r in rows] for j, name in enumerate(self.names)}
         return Chunk(self, start, len(rows), cols, lines)
 
-    def _arrow_chunks(self, skip: int, floats: list[str]) -> Iterator[Chunk]:
+    def _arrow_chunks(
+        self, skip: int, floats: list[str], labels: list[str], streams: list[_PacedFile]
+    ) -> Iterator[Chunk]:
         """pyarrow's streaming reader, every column as text but the ``floats``.
 
         A row longer than a block makes pyarrow fail: the read restarts with
@@ -772,7 +802,9 @@ class TableSource:
         block = max(1, CHUNK_BYTES)
         while True:
             stream = _PacedFile(self.path, block)
+            streams[:] = [stream]
             types = {n: pa.float64() if n in floats else pa.string() for n in self.names}
+            types.update({n: pa.dictionary(pa.int32(), pa.string()) for n in labels})
             try:
                 reader = pcsv.open_csv(
                     stream,
@@ -801,7 +833,11 @@ class TableSource:
                         break
                     # stream.cr: a carriage return in the bytes read so far, which
                     # hold this batch's rows (no cell scan for the usual LF file)
-                    text = [c for name, c in cols.items() if name not in floats]
+                    text = [
+                        c.dictionary if name in labels else c
+                        for name, c in cols.items()
+                        if name not in floats
+                    ]
                     if stream.cr and any(_has_substring(c, "\r") for c in text):
                         # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
                         # boundary splits: cells with a CR are read by csv instead.
@@ -885,6 +921,8 @@ class _PacedFile(io.RawIOBase):
                     lambda: self._stopped or self._read < (self._taken + READ_AHEAD) * self._block,
                     timeout=STALL_SECONDS,
                 )
+            if self._stopped:  # closed: the end of the file, so pyarrow stops reading
+                return b""
         data = self._fh.read(size)
         self._read += len(data)
         if not self.cr and b"\r" in data:
@@ -896,10 +934,14 @@ class _PacedFile(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """From now on every read returns the end of the file (a waiting one at once)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+
+    def close(self) -> None:
+        self.stop()
         self._fh.close()
         super().close()
 
@@ -1027,6 +1069,11 @@ def _numpy(arr: Any) -> NDArray[Any]:
         dtype = np.dtype(t.to_pandas_dtype())
         return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset : arr.offset + len(arr)]
     return arr.to_numpy(zero_copy_only=False)
+
+
+def _decoded(col: Any) -> Any:
+    """A CSV text column read as a dictionary array (group, class) as plain text."""
+    return col.dictionary_decode() if _pyarrow().types.is_dictionary(col.type) else col
 
 
 def _text_bytes(col: Any) -> memoryview:
@@ -1188,7 +1235,7 @@ class TableWriter:
             elif name in text:
                 cols.append(_quote(_string_array(text[name][lo:hi])))
             else:
-                cols.append(_quote(chunk.columns[name].slice(lo, hi - lo)))
+                cols.append(_quote(_decoded(chunk.columns[name].slice(lo, hi - lo))))
         cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
         rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
         return rows.cast(pa.string())
@@ -1204,6 +1251,8 @@ class TableWriter:
                 arrays.append(_arrow(np.asarray(value, dtype=np.float64)))
             elif isinstance(chunk.columns[name], list):
                 arrays.append(_string_array(chunk.columns[name]))
+            elif self.source.kind == "csv":  # CSV cells are text in Parquet too
+                arrays.append(_decoded(chunk.columns[name]))
             else:
                 arrays.append(chunk.columns[name])
         if self._parquet is None:
@@ -1247,13 +1296,16 @@ class TableWriter:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+def _prefetched(
+    chunks: Iterator[Chunk], depth: int = 1, on_stop: Callable[[], None] | None = None
+) -> Iterator[Chunk]:
     """``chunks``, read ahead by ``depth`` chunks in a background thread.
 
     pyarrow's readers release the GIL, so reading and parsing the next chunk
     overlaps the caller's work on this one; memory grows by ``depth`` chunks.
     An error of the reader is raised here, at the chunk where it happened; a
-    caller that stops early stops the reader.
+    caller that stops early stops the reader (``on_stop`` is called first, to
+    end a read the reader thread may be waiting for).
     """
     import queue
     import threading
@@ -1291,6 +1343,8 @@ def _prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
             yield item
     finally:
         stop.set()
+        if on_stop is not None:
+            on_stop()
         thread.join()
         close = getattr(chunks, "close", None)
         if close is not None:

@@ -48,7 +48,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     # Pass 2: steer chunk by chunk into the temporary file renamed at the end.
     with atomic_output(args.output) as fh:
         writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
-        for chunk in source.chunks(floats=features):  # features are replaced: parsed only
+        # The features are replaced (parsed only); group and label read as dictionaries.
+        for chunk in source.chunks(floats=features, labels=[args.group, args.label]):
             X = chunk_features(chunk, features, args)
             c = fitted.classes.sorted_codes(fitted.classes.encode(chunk, grow=False))
             g = fitted.groups.sorted_codes(fitted.groups.encode(chunk, grow=False))
