@@ -188,7 +188,7 @@ def _fit_transforms(
     seed = getattr(source_args, "seed", 0)
     rng = np.random.default_rng(seed)
     keys = X = g = c = None
-    for chunk in source.chunks(floats=features, labels=[groups.name, classes.name]):
+    for chunk in source.chunks():
         parts = (
             rng.random(chunk.n_rows),
             chunk_features(chunk, features, source_args),
