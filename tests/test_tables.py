@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,10 @@ def test_format_floats_is_repr():
             np.round(rng.normal(size=5_000) * 1e6),
             rng.normal(size=5_000) * 1e15,
             10.0 ** np.arange(-300, 300),
+            # 1e9 <= |v| < 1e16: pyarrow's exponent notation starts in there
+            10.0 ** rng.uniform(9, 16, 20_000),
+            np.round(10.0 ** rng.uniform(9, 16, 20_000)),
+            np.round(rng.normal(size=5_000) * 100) / 4,  # whole numbers and short fractions
             [0.0, -0.0, 1e-4, 9.999999999999999e-05, 1e16, 9999999999999998.0, 5e-324],
         ]
     )
@@ -332,3 +337,232 @@ def test_csv_quoting_matches_the_standard_library():
     csv.writer(buf, lineterminator="\n").writerows([[c] * 2 for c in cells])
     quoted = fio._quote(pa.array(cells * 1)).to_pylist()
     assert "".join(f"{q},{q}\n" for q in quoted) == buf.getvalue()
+
+
+def test_string_array_equals_pyarrow_array():
+    texts = ["", "a", "é ü ✓", "x" * 1000, "two\nlines"]
+    got = fio._string_array(texts)
+    assert got.equals(pa.array(texts, pa.string())) and got.to_pylist() == texts
+    assert fio._string_array([]).to_pylist() == []
+
+
+def test_cell_values_write_like_their_floats(tmp_path):
+    """A column given as CellValues is written exactly as the same values given row by row."""
+    data = tmp_path / "d.csv"
+    tricky_csv(data, n=60)
+    values = np.array([0.5, 1 / 3, 2.0, 1e-7])  # fixed-up ".0" and exponent cells too
+    for kind, engine in [("csv", "pyarrow"), ("csv", "stdlib"), ("parquet", "pyarrow")]:
+        outputs = []
+        for as_cells in (False, True):
+            rng = np.random.default_rng(1)  # the same rows' values for both forms
+            source = fio.open_table(data, engine)
+            out = tmp_path / f"o{int(as_cells)}.{kind}"
+            with open(out, "wb") as fh:
+                writer = fio.TableWriter(fh, kind, [*source.names, "w"], source)
+                for chunk in source.chunks():
+                    index = rng.integers(0, values.size, chunk.n_rows)
+                    w = fio.CellValues(values, index) if as_cells else values[index]
+                    writer.write(chunk, {"w": w})
+                writer.close()
+            outputs.append(out)
+        if kind == "csv":
+            assert outputs[0].read_bytes() == outputs[1].read_bytes(), engine
+        else:  # the same table (CellValues columns are dictionary-encoded in the file)
+            assert pq.read_table(outputs[0]).equals(pq.read_table(outputs[1]))
+
+
+def lf_csv(path, n):
+    """tricky_csv without carriage returns (a CR sends pyarrow's reader to the csv module)."""
+    tricky_csv(path, n=n)
+    path.write_bytes(path.read_bytes().replace(b"\r", b""))
+
+
+def _rows(source, **kw):
+    """Every chunk's columns as Python values, and the start of every chunk."""
+    rows, starts = [], []
+    for chunk in source.chunks(**kw):
+        starts.append(chunk.start)
+        cols = [chunk.columns[n] for n in source.names]
+        cols = [c if isinstance(c, list) else c.to_pylist() for c in cols]
+        rows += list(zip(*cols))
+    return rows, starts
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_chunks_parse_floats_and_start_anywhere(chunks, tmp_path, tiny):
+    chunks("pyarrow", tiny)
+    data = tmp_path / "d.csv"
+    lf_csv(data, n=200)
+    source = fio.open_table(data)
+    text, _ = _rows(source)
+    parsed, _ = _rows(source, floats=["x2"], labels=["sex", "label"])
+    # x2 as float64 equals float() of its text (both round correctly); the rest is the
+    # text (sex and label as dictionary arrays of it)
+    assert [r[1] for r in parsed] == [float(r[1]) for r in text]
+    assert [r[:1] + r[2:] for r in parsed] == [r[:1] + r[2:] for r in text]
+    for start in (0, 1, 57, 199):
+        rows, starts = _rows(source, floats=["x2"], labels=["sex"], start=start)
+        assert rows == parsed[start:] and starts[0] == start
+    parquet = tmp_path / "d.parquet"
+    write_parquet(parquet, n=50)
+    rows, _ = _rows(fio.open_table(parquet))
+    assert _rows(fio.open_table(parquet), start=7)[0] == rows[7:]
+
+
+@pytest.mark.parametrize(
+    "cell", ["inf", "-Infinity", "", "nan", "NULL", "abc", " 2.5", "1_000", "+3", "1e3"]
+)
+def test_float_columns_fall_back_to_text(chunks, tmp_path, capsys, cell):
+    """A cell in a late chunk that pyarrow does not take as a finite number: read as text.
+
+    The result (model or one-line message) is the standard-library reader's.
+    """
+    data = tmp_path / "d.csv"
+    lf_csv(data, n=197)
+    lines = data.read_bytes().decode().split("\n")
+    last = lines[-2].split(",")  # the last row, on one line (note "plain": 196 % 7 == 0)
+    last[1] = cell  # x2 of row 197
+    lines[-2] = ",".join(last)
+    data.write_bytes("\n".join(lines).encode())
+    got = {}
+    for engine in ENGINES:
+        chunks(engine, tiny=True)
+        out = tmp_path / f"m-{engine}.json"
+        code, _, err = run(capsys, "fit", data, "--group", "sex", "--label", "label", "-o", out)
+        got[engine] = (code, err, GaussianModel.load(out) if code == 0 else None)
+    (code_a, err_a, model_a), (code_s, err_s, model_s) = got["pyarrow"], got["stdlib"]
+    assert (code_a, err_a) == (code_s, err_s)
+    if code_a == 0:  # chunked fits agree to round-off (see test_chunked_fit_equals_one_shot_fit)
+        np.testing.assert_allclose(model_a.means, model_s.means, rtol=1e-12)
+        np.testing.assert_allclose(model_a.covariances, model_s.covariances, rtol=1e-12)
+    else:
+        assert "row 197 (line " in err_a and "'x2'" in err_a
+
+
+def test_csv_read_ahead_is_bounded(chunks, tmp_path, monkeypatch):
+    """pyarrow's reader never holds more than READ_AHEAD blocks beyond the batches taken."""
+    chunks("pyarrow", tiny=False)
+    monkeypatch.setattr(fio, "CHUNK_BYTES", 4096)
+    data = tmp_path / "d.csv"
+    lf_csv(data, n=3000)  # ~60 blocks
+    ahead = []
+
+    class Watched(fio._PacedFile):
+        def read(self, size=-1):
+            out = super().read(size)
+            ahead.append(self._read / self._block - self._taken)
+            return out
+
+    monkeypatch.setattr(fio, "_PacedFile", Watched)
+    n = 0
+    for chunk in fio.open_table(data).chunks(floats=["x2"]):
+        n += chunk.n_rows
+        time.sleep(0.002)  # a consumer slower than the disk
+    assert n == 3000 and len(ahead) > 30
+    # a read starts below READ_AHEAD blocks ahead and adds at most one block
+    assert max(ahead) < fio.READ_AHEAD + 1
+
+
+@pytest.mark.parametrize("source", ["csv", "lf-csv", "parquet"])
+def test_rows_formatted_in_parts_keep_the_output(tmp_path, capsys, chunks, monkeypatch, source):
+    """A chunk's rows formatted by several threads, in parts of any size: today's bytes."""
+    chunks("pyarrow", tiny=False)
+    monkeypatch.setattr(fio, "WRITE_THREADS", 3)
+    monkeypatch.setattr(fio, "MIN_PART_ROWS", 7)  # 300 rows: 3 parts of 100
+    data = tmp_path / ("d.parquet" if source == "parquet" else "d.csv")
+    if source == "csv":
+        tricky_csv(data)  # its carriage returns: the csv module reads it (lists of text)
+    elif source == "lf-csv":
+        lf_csv(data, n=300)  # pyarrow reads it (text arrays, float64 features)
+    else:
+        write_parquet(data)
+    reference_steer(data, tmp_path / "ref.csv")
+    code, _, err = steer(capsys, data, tmp_path / "o.csv")
+    assert code == 0, err
+    assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_core_only_install_steers_like_the_stdlib_engine(tmp_path, capsys, chunks):
+    """Without pyarrow (blocked in a subprocess) fit and steer run and write today's bytes."""
+    data = tmp_path / "d.csv"
+    tricky_csv(data, n=120)
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["pyarrow"] = None  # as if not installed: importing it fails
+        from fairsteer.cli import main
+        data, out = sys.argv[1], sys.argv[2]
+        args = [data, "--group", "sex", "--label", "label"]
+        code = main(["steer", *args, "-o", out]) or main(["fit", *args, "-o", out + ".json"])
+        loaded = [m for m, v in sys.modules.items() if v and m.startswith(("pyarrow", "pandas"))]
+        print(loaded or "ok")
+        sys.exit(code)
+        """
+    )
+    out = tmp_path / "core.csv"
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(data), str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("ok")
+    chunks("stdlib", tiny=False)
+    code, _, err = steer(capsys, data, tmp_path / "stdlib.csv")
+    assert code == 0, err
+    assert out.read_bytes() == (tmp_path / "stdlib.csv").read_bytes()
+
+
+def test_parquet_row_groups_gather_chunks(tmp_path, capsys, chunks, monkeypatch):
+    """Chunks are gathered into row groups of >= ROW_GROUP_ROWS rows; the table is the same."""
+    chunks("pyarrow", tiny=True)  # 3 rows a chunk
+    data = tmp_path / "d.parquet"
+    write_parquet(data, n=100)
+    tables = {}
+    for rows in (1, 10):
+        monkeypatch.setattr(fio, "ROW_GROUP_ROWS", rows)
+        out = tmp_path / f"o{rows}.parquet"
+        code, _, err = steer(capsys, data, out)
+        assert code == 0, err
+        meta = pq.ParquetFile(out).metadata
+        sizes = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+        want = [3] * 33 + [1] if rows == 1 else [12] * 8 + [4]  # 4 chunks of 3 >= 10 rows
+        assert sizes == want
+        tables[rows] = pq.read_table(out)
+    assert tables[1].equals(tables[10])
+
+
+def test_used_dictionary_entries_in_order_of_first_use():
+    values = ["a", "b", "c", "d"]
+    indices = np.array([2, 2, 0, 2, 0, 3], dtype=np.int32)  # "b" unused, "c" first
+    labels, local = fio._used_entries(values, indices)
+    assert labels == ["c", "a", "d"]
+    assert [labels[k] for k in local] == [values[k] for k in indices]
+
+
+def test_abandoned_reader_lets_the_process_exit(tmp_path):
+    """A caller that stops after one chunk: the paced reader ends, the process exits cleanly.
+
+    (A reader thread left waiting for the caller used to outlive the interpreter.)
+    """
+    data = tmp_path / "d.csv"
+    lf_csv(data, n=3000)
+    script = textwrap.dedent(
+        """
+        import sys
+        import fairsteer.io as fio
+        chunk = next(iter(fio.open_table(sys.argv[1]).chunks(floats=["x2"])))
+        print(chunk.n_rows > 0)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(data)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC, "FAIRSTEER_CHUNK_BYTES": "4096"},
+        timeout=25,  # well under fio.STALL_SECONDS: no wait ran out
+        check=False,
+    )
+    assert res.returncode == 0 and res.stdout == "True\n", res.stderr

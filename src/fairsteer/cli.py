@@ -224,6 +224,15 @@ def family_sample_rows(args: Any) -> int:
     return check_sample_rows(RESERVOIR_ROWS if size is None else size)
 
 
+def _more_than_a_chunk(source: Any) -> bool:
+    """Whether a CSV file read by pyarrow spans more than two chunks."""
+    from fairsteer import io
+
+    if source.kind != "csv" or source.engine != "pyarrow":
+        return False
+    return os.path.getsize(source.path) > 2 * io.CHUNK_BYTES
+
+
 def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
     """Fit the model named by the data arguments of ``fit`` and ``steer``, chunk by chunk.
 
@@ -271,7 +280,9 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     features: list[str] = list(args.features or ())
     stats = span = family = None
     n_rows = 0
-    for chunk in source.chunks():
+    labels = [args.group, args.label]
+    chunks = source.chunks(floats=features, labels=labels)
+    while (chunk := next(chunks, None)) is not None:
         try:
             if stats is None:
                 if not features:
@@ -280,6 +291,11 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                         raise InputError(
                             "no numeric feature columns found; name them with --features"
                         )
+                    if _more_than_a_chunk(source):
+                        # Read the rest with the features parsed by the reader: the
+                        # first chunk is read twice, every later one faster.
+                        chunks.close()  # type: ignore[attr-defined]
+                        chunks = source.chunks(floats=features, start=chunk.n_rows, labels=labels)
                 span = FeatureRange(len(features))
             X = chunk_features(chunk, features, args)
         except InputError as exc:
@@ -296,7 +312,9 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
         # first pass saw every group, so that order is final.
         codes = groups.sorted_codes(g) if family.group_dependent else None
         Z = family.forward(X, codes, features)
-        span.update(Z)
+        # Column-major: numpy's axis-0 max and min of a C-ordered (n, d) array walk
+        # it d values at a time (~8 ms per 150k x 5); after the copy, ~0.6 ms.
+        span.update(np.asfortranarray(Z))
         part = cell_statistics_from_codes(
             Z, g, c, groups.labels, classes.labels, pooled=args.covariance == "shared"
         )

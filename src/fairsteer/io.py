@@ -24,10 +24,10 @@ import csv
 import importlib.util
 import io
 import os
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +36,7 @@ from fairsteer.errors import InputError
 from fairsteer.files import atomic_output, write_atomic
 
 __all__ = [
+    "CellValues",
     "Chunk",
     "LabelCoder",
     "Table",
@@ -53,10 +54,22 @@ __all__ = [
 # pyarrow's CSV reader cuts the file into blocks of CHUNK_BYTES (grown when a
 # single row is longer); the standard-library CSV reader and the Parquet reader
 # take CHUNK_ROWS rows at a time.
-# Blocks of the carriage-return scan (bounded memory whatever the file size).
-SCAN_BYTES = 1 << 20
-CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 16 << 20))
-CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 17))
+# Read buffer of the Parquet reader (bounded memory whatever the file size).
+READ_BUFFER = 1 << 20
+# Blocks that pyarrow's CSV reader may hold beyond the batches handed out, and the
+# longest wait for the caller to take a batch before one more block is read anyway.
+READ_AHEAD = 2
+STALL_SECONDS = 30.0
+# Threads that format the rows of a CSV chunk, in parts of at least MIN_PART_ROWS.
+WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
+MIN_PART_ROWS = 4096
+# Rows of a Parquet row group that steer writes (chunks are buffered up to it).
+ROW_GROUP_ROWS = 1 << 17
+# 4 MB / 32768 rows: on 2M rows (bench_tables.py, 2026-11-26) as fast as 16 MB /
+# 131072 (fit faster: the reader and the statistics overlap sooner) and a third
+# less peak memory.
+CHUNK_BYTES = int(os.environ.get("FAIRSTEER_CHUNK_BYTES", 4 << 20))
+CHUNK_ROWS = int(os.environ.get("FAIRSTEER_CHUNK_ROWS", 1 << 15))
 # "auto": pyarrow when importable, else the standard library; "stdlib" forces it.
 CSV_ENGINE = os.environ.get("FAIRSTEER_CSV_ENGINE", "auto")
 
@@ -386,6 +399,9 @@ class Chunk:
     n_rows: int
     columns: dict[str, Any]
     lines: list[int] | None = None
+    # pyarrow's parse of each CSV text column (None: Python must decide), kept
+    # because the default features parse every column twice on the first chunk.
+    _parsed: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def where(self, k: int) -> str:
         """``"row r (line l)"`` of row ``k`` of the chunk (1-based data row, file line for CSV)."""
@@ -409,14 +425,17 @@ class Chunk:
         col = self.columns[name]
         if isinstance(col, list) or self.source.kind != "csv":
             return None
-        pa, pc = _pyarrow(), _pyarrow_compute()
-        try:
-            # pyarrow accepts a subset of what float() accepts (not " 1" or "1_000"),
-            # and both round correctly: where it succeeds the values are float()'s.
-            values = pc.cast(col, pa.float64())
-        except pa.ArrowInvalid:
-            return None
-        return _numpy(values)
+        if name not in self._parsed and col.type != _pyarrow().string():  # read as float64
+            self._parsed[name] = _numpy(col)
+        if name not in self._parsed:
+            pa, pc = _pyarrow(), _pyarrow_compute()
+            try:
+                # pyarrow accepts a subset of what float() accepts (not " 1" or "1_000"),
+                # and both round correctly: where it succeeds the values are float()'s.
+                self._parsed[name] = _numpy(pc.cast(col, pa.float64()))
+            except pa.ArrowInvalid:
+                self._parsed[name] = None
+        return self._parsed[name]
 
     def floats(self, names: Sequence[str]) -> NDArray[np.float64]:
         """Columns as a float64 matrix (n_rows, len(names)).
@@ -564,6 +583,8 @@ class LabelCoder:
             local = np.fromiter((seen.setdefault(v, len(seen)) for v in col), np.intp, len(col))
             return list(seen), local
         if self.source.kind == "csv":
+            if _pyarrow().types.is_dictionary(col.type):  # read as a dictionary array
+                return _used_entries(col.dictionary.to_pylist(), _numpy(col.indices))
             enc = _pyarrow_compute().dictionary_encode(col)
             return enc.dictionary.to_pylist(), _numpy(enc.indices).astype(np.intp)
         # Parquet (no nulls): the values as numpy gives them, as Table.labels.
@@ -584,6 +605,19 @@ class LabelCoder:
         rank = np.empty(len(order), dtype=np.intp)
         rank[order] = np.arange(len(order))
         return rank[codes]
+
+
+def _used_entries(values: list[Any], indices: NDArray[Any]) -> tuple[list[Any], NDArray[np.intp]]:
+    """The dictionary entries that rows use, in order of first use, and each row's index.
+
+    A dictionary array's dictionary may hold entries no row uses (a sliced
+    batch) or list them in another order than the rows first use them.
+    """
+    used, first = np.unique(indices, return_index=True)
+    order = used[np.argsort(first)]
+    local = np.empty(len(values), dtype=np.intp)
+    local[order] = np.arange(order.size)
+    return [values[k] for k in order], local[indices]
 
 
 def _py_value(v: Any) -> Any:
@@ -611,7 +645,9 @@ class TableSource:
             self.engine = "pyarrow"
             pq = _pyarrow_parquet()
             try:
-                self._parquet = pq.ParquetFile(path)
+                # Unbuffered column chunks, read through a small buffer: memory bounded
+                # by a batch, not by the file's row groups (pre_buffer keeps them all).
+                self._parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
             except Exception as exc:  # pyarrow raises many types for a bad file
                 raise InputError(f"cannot read {path} as Parquet: {exc}") from None
             self.names = list(self._parquet.schema_arrow.names)
@@ -647,8 +683,27 @@ class TableSource:
             return f"{self.path} has no data rows; it needs a header and at least one row"
         return f"{self.path} has no rows"
 
-    def chunks(self) -> Iterator[Chunk]:
+    def chunks(
+        self, floats: Sequence[str] = (), start: int = 0, labels: Sequence[str] = ()
+    ) -> Iterator[Chunk]:
         """The data rows, chunk after chunk, in file order.
+
+        Parameters
+        ----------
+        floats : sequence of str
+            Columns that pyarrow's CSV reader may parse as float64 while it
+            reads (the features: faster than text then a cast). Such a column
+            then holds float64 values, not its text, so it must be replaced
+            when written. From a chunk with a cell that pyarrow does not take
+            as a finite number on, every column is read as text again, so that
+            :meth:`Chunk.floats` decides and words any error as for text.
+            Ignored by the standard-library and Parquet readers.
+        start : int
+            Index of the first data row to yield (the rows before it are read
+            and checked, not yielded).
+        labels : sequence of str
+            Columns with few distinct values (group and class) that pyarrow's
+            CSV reader may read as dictionary arrays of their text.
 
         Raises
         ------
@@ -657,16 +712,29 @@ class TableSource:
             named), text that is not UTF-8.
         """
         if self.kind == "parquet":
-            return _prefetched(self._parquet_chunks())
+            return _prefetched(self._parquet_chunks(start))
         if self.engine == "stdlib":
-            return self._stdlib_chunks(0)
-        return _prefetched(self._arrow_chunks())
+            return self._stdlib_chunks(start)
+        floats = [n for n in self.names if n in floats]
+        labels = [n for n in self.names if n in labels and n not in floats]
+        streams: list[_PacedFile] = []
 
-    def _parquet_chunks(self) -> Iterator[Chunk]:
+        def stop() -> None:  # a caller that stops early: pyarrow's reads end at once
+            for stream in streams:
+                stream.stop()
+
+        return _prefetched(self._arrow_chunks(start, floats, labels, streams), on_stop=stop)
+
+    def _parquet_chunks(self, skip: int) -> Iterator[Chunk]:
         start = 0
         try:
             batches = self._parquet.iter_batches(batch_size=max(1, CHUNK_ROWS))
             for batch in batches:
+                if start + batch.num_rows <= skip:
+                    start += batch.num_rows
+                    continue
+                if start < skip:
+                    batch, start = batch.slice(skip - start), skip
                 if batch.num_rows:
                     cols = {n: batch.column(j) for j, n in enumerate(self.names)}
                     yield Chunk(self, start, batch.num_rows, cols)
@@ -714,36 +782,44 @@ class TableSource:
         cols = {name: [r[j] for r in rows] for j, name in enumerate(self.names)}
         return Chunk(self, start, len(rows), cols, lines)
 
-    def _arrow_chunks(self) -> Iterator[Chunk]:
-        """pyarrow's streaming reader, every column as text.
+    def _arrow_chunks(
+        self, skip: int, floats: list[str], labels: list[str], streams: list[_PacedFile]
+    ) -> Iterator[Chunk]:
+        """pyarrow's streaming reader, every column as text but the ``floats``.
 
         A row longer than a block makes pyarrow fail: the read restarts with
-        larger blocks, skipping the rows already yielded. Any other parse
-        failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands over
-        to the standard-library reader at the same row, which gives today's
-        exact result or message.
+        larger blocks, skipping the rows already yielded. A cell of a
+        ``floats`` column that pyarrow does not parse as a finite number
+        restarts the read at the same row with every column as text. Any other
+        parse failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands
+        over to the standard-library reader at the same row, which gives
+        today's exact result or message.
         """
         pa = _pyarrow()
         import pyarrow.csv as pcsv
 
-        done = 0
+        done = skip
         block = max(1, CHUNK_BYTES)
         while True:
+            stream = _PacedFile(self.path, block)
+            streams[:] = [stream]
+            types = {n: pa.float64() if n in floats else pa.string() for n in self.names}
+            types.update({n: pa.dictionary(pa.int32(), pa.string()) for n in labels})
             try:
                 reader = pcsv.open_csv(
-                    self.path,
+                    stream,
                     read_options=pcsv.ReadOptions(block_size=block),
                     parse_options=pcsv.ParseOptions(newlines_in_values=True),
                     convert_options=pcsv.ConvertOptions(
-                        column_types={n: pa.string() for n in self.names},
-                        strings_can_be_null=False,
+                        column_types=types, strings_can_be_null=False
                     ),
                 )
                 if reader.schema.names != self.names:
                     break  # pyarrow reads the header differently: let csv decide
                 seen = 0
-                cr = self._has_cr()
+                restart = False
                 for batch in reader:
+                    stream.taken()
                     n = batch.num_rows
                     if seen + n <= done:  # already yielded before a restart
                         seen += n
@@ -752,32 +828,36 @@ class TableSource:
                         batch = batch.slice(done - seen)
                     seen += n
                     cols = {name: batch.column(j) for j, name in enumerate(self.names)}
-                    if cr and any(_has_substring(c, "\r") for c in cols.values()):
+                    if floats and not all(_all_finite(cols[name]) for name in floats):
+                        floats, restart = [], True  # read as text from this chunk on
+                        break
+                    # stream.cr: a carriage return in the bytes read so far, which
+                    # hold this batch's rows (no cell scan for the usual LF file)
+                    text = [
+                        c.dictionary if name in labels else c
+                        for name, c in cols.items()
+                        if name not in floats
+                    ]
+                    if stream.cr and any(_has_substring(c, "\r") for c in text):
                         # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
                         # boundary splits: cells with a CR are read by csv instead.
                         yield from self._stdlib_chunks(done)
                         return
                     yield Chunk(self, done, batch.num_rows, cols)
                     done += batch.num_rows
-                return
+                if not restart:
+                    return
             except pa.ArrowInvalid as exc:
                 if "straddl" in str(exc) and block < (1 << 31) // 4:
                     block *= 4
                     continue
+                if floats:  # a cell pyarrow does not parse as a number: text from here
+                    floats = []
+                    continue
                 break
+            finally:
+                stream.close()
         yield from self._stdlib_chunks(done)
-
-    def _has_cr(self) -> bool:
-        """Whether the file holds a carriage return anywhere (one scan in bounded blocks).
-
-        Plain reads, not a memory map: the pages of a mapped file count in the
-        process's resident memory, which would grow with the file.
-        """
-        with open(self.path, "rb", buffering=0) as fh:
-            while block := fh.read(SCAN_BYTES):
-                if b"\r" in block:
-                    return True
-        return False
 
     def line_of(self, row: int) -> int | None:
         """File line (1-based) on which data row ``row`` (0-based) ends; for messages."""
@@ -795,6 +875,80 @@ class TableSource:
         except (OSError, UnicodeDecodeError, csv.Error):
             return None
         return None
+
+
+class _PacedFile(io.RawIOBase):
+    """A file that pyarrow's streaming CSV reader may read only a few blocks ahead.
+
+    pyarrow's reader reads ahead as fast as the disk allows, so a consumer
+    slower than the disk (every ``fit`` and ``steer``) would find the whole
+    file in memory. Here a read waits while :data:`READ_AHEAD` blocks beyond
+    the batches taken (:meth:`taken`) are in memory; a batch needs its own
+    block and at most the next one, so the reader can always make the next
+    batch (no test run ever waited out the timeout). Should pyarrow need
+    more, a wait of :data:`STALL_SECONDS` lets one more block through:
+    slower and more memory, never a deadlock.
+    Also notes whether any byte read was a carriage return (``cr``).
+
+    Plain reads, not a memory map: the pages of a mapped file count in the
+    process's resident memory, which would grow with the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], block: int) -> None:
+        super().__init__()
+        import threading
+
+        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        self._cond = threading.Condition()
+        self._block, self._taken, self._read = block, 0, 0
+        self._stopped = False
+        self.cr = False
+
+    def readable(self) -> bool:
+        return True
+
+    def taken(self) -> None:
+        """One more batch has been handed to the caller."""
+        with self._cond:
+            self._taken += 1
+            self._cond.notify_all()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            limit = (self._taken + READ_AHEAD) * self._block
+            if not self._stopped and self._read >= limit:
+                self._cond.wait_for(
+                    lambda: self._stopped or self._read < (self._taken + READ_AHEAD) * self._block,
+                    timeout=STALL_SECONDS,
+                )
+            if self._stopped:  # closed: the end of the file, so pyarrow stops reading
+                return b""
+        data = self._fh.read(size)
+        self._read += len(data)
+        if not self.cr and b"\r" in data:
+            self.cr = True
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def stop(self) -> None:
+        """From now on every read returns the end of the file (a waiting one at once)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self.stop()
+        self._fh.close()
+        super().close()
+
+
+def _all_finite(col: Any) -> bool:
+    """Whether a float64 pyarrow array has no null, NaN or infinite value."""
+    return col.null_count == 0 and bool(np.isfinite(_numpy(col)).all())
 
 
 def _has_substring(col: Any, text: str) -> bool:
@@ -831,27 +985,38 @@ def format_floats(values: NDArray[np.float64]) -> Any:
     Python's ``repr`` (both pick the shortest digit string that reads back to
     the same float, the closest one on a tie) but formats them differently:
     ``1`` for ``1.0``, ``1.5e-7`` for ``1.5e-07``, and it switches to
-    exponent notation at other magnitudes. Values that Python writes without an
-    exponent (0 and 1e-4 <= |v| < 1e16) and pyarrow too are fixed up with
-    ``.0`` where needed; every other value (rare in data) goes through ``repr``.
+    exponent notation at other magnitudes. For 0 and 1e-4 <= |v| < 1e9 neither
+    writes an exponent, and pyarrow's text lacks a ``.`` exactly when ``v`` is
+    a whole number: those get ``.0``. Between 1e9 and 1e16 Python writes no
+    exponent and pyarrow sometimes does: the text is checked. Every other
+    value (rare in data) goes through ``repr``.
     """
     pa, pc = _pyarrow(), _pyarrow_compute()
     x = np.ascontiguousarray(values, dtype=np.float64)
     text = pc.cast(_arrow(x), pa.string())
     a = np.abs(x)
-    fixed = (a == 0) | ((a >= 1e-4) & (a < 1e16))
-    has_e = _numpy(pc.match_substring(text, "e"))
-    no_dot = ~_numpy(pc.match_substring(text, "."))
-    add = fixed & ~has_e & no_dot
-    if add.any():
-        text = pc.if_else(_arrow(add), pc.binary_join_element_wise(text, ".0", ""), text)
-    slow = np.flatnonzero(~fixed | has_e)
-    if slow.size:
-        idx = np.arange(x.size)
-        idx[slow] = x.size + np.arange(slow.size)
-        extra = pa.array([repr(float(v)) for v in x[slow]], pa.string())
-        text = pa.concat_arrays([text, extra]).take(_arrow(idx))
-    return text
+    plain = (a == 0) | ((a >= 1e-4) & (a < 1e9))
+    whole = plain & (x == np.floor(x))
+    slow = ~plain
+    big = (a >= 1e9) & (a < 1e16)  # Python's fixed notation, pyarrow's maybe not
+    if big.any():
+        has_e = _numpy(pc.match_substring(text, "e"))
+        no_dot = ~_numpy(pc.match_substring(text, "."))
+        whole |= big & ~has_e & no_dot
+        slow &= ~(big & ~has_e)
+    fix = np.flatnonzero(whole | slow)
+    if fix.size == 0:
+        return text
+    if fix.size > x.size // 16:  # many whole numbers: one vectorised pass for them
+        text = pc.if_else(_arrow(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+        fix = np.flatnonzero(slow)
+        if fix.size == 0:
+            return text.cast(pa.string())
+    # the few values to fix, as Python writes them, in row order
+    extra = _string_array([repr(v) for v in x[fix].tolist()])
+    mask = np.zeros(x.size, dtype=np.bool_)
+    mask[fix] = True
+    return pc.replace_with_mask(text, _arrow(mask), extra).cast(pa.string())
 
 
 def _arrow(x: NDArray[Any]) -> Any:
@@ -867,6 +1032,24 @@ def _arrow(x: NDArray[Any]) -> Any:
     kind = {np.dtype(np.float64): pa.float64(), np.dtype(np.int64): pa.int64()}[x.dtype]
     x = np.ascontiguousarray(x)
     return pa.Array.from_buffers(kind, x.size, [None, pa.py_buffer(x)])
+
+
+def _string_array(texts: Sequence[str]) -> Any:
+    """A pyarrow string array of Python strings, built from its buffers.
+
+    ``pyarrow.array`` of a list would first import pandas (0.3 s of a short
+    command) to ask whether the list is a pandas object.
+    """
+    pa = _pyarrow()
+    encoded = [t.encode() for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    if offsets[-1] < 2**31:
+        kind, offsets = pa.string(), offsets.astype(np.int32)
+    else:
+        kind = pa.large_string()
+    data = pa.py_buffer(b"".join(encoded))
+    return pa.Array.from_buffers(kind, len(encoded), [None, pa.py_buffer(offsets), data])
 
 
 def _numpy(arr: Any) -> NDArray[Any]:
@@ -888,15 +1071,46 @@ def _numpy(arr: Any) -> NDArray[Any]:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def _decoded(col: Any) -> Any:
+    """A CSV text column read as a dictionary array (group, class) as plain text."""
+    return col.dictionary_decode() if _pyarrow().types.is_dictionary(col.type) else col
+
+
+def _text_bytes(col: Any) -> memoryview:
+    """The UTF-8 bytes of a pyarrow string array's cells, concatenated (no copy)."""
+    pa = _pyarrow()
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(col.type) else np.int32
+    offsets = np.frombuffer(col.buffers()[1], dtype=width)
+    lo, hi = offsets[col.offset], offsets[col.offset + len(col)]
+    data = col.buffers()[2]
+    return memoryview(data)[lo:hi] if data is not None else memoryview(b"")
+
+
 def _quote(col: Any) -> Any:
     """CSV text of string cells as ``csv.writer`` writes them (quoted when needed)."""
     pa, pc = _pyarrow(), _pyarrow_compute()
+    text = bytes(_text_bytes(col))  # every cell's bytes, one after the other
+    if not any(c.encode() in text for c in _CSV_SPECIALS):  # the usual case: one scan
+        return col
     pattern = "[" + "".join("\\" + c if c in '\\"]^-' else c for c in _CSV_SPECIALS) + "]"
     needs = pc.match_substring_regex(col, pattern)
     if not pc.any(needs).as_py():
         return col
     quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
     return pc.if_else(needs, quoted, col).cast(pa.string())
+
+
+class CellValues(NamedTuple):
+    """A float column given as ``values[index]``: few distinct values, one per row.
+
+    ``steer``'s weight column takes one value per (group, class) cell; written
+    as CSV, each distinct value is formatted once instead of once per row.
+    """
+
+    values: NDArray[np.float64]
+    index: NDArray[np.intp]
 
 
 class TableWriter:
@@ -917,6 +1131,7 @@ class TableWriter:
     def __init__(self, fh: BinaryIO, kind: str, names: list[str], source: TableSource) -> None:
         self.fh, self.kind, self.names, self.source = fh, kind, names, source
         self._parquet: Any = None
+        self._batches: list[Any] = []  # Parquet rows not yet written
         self._fast = have_pyarrow() and not (kind == "csv" and source.engine == "stdlib")
         self._pending: Any = None
         self._pool: Any = None
@@ -926,13 +1141,21 @@ class TableWriter:
             # Formatting and writing a chunk (pyarrow kernels, file writes: the
             # GIL is released) overlap the next chunk's parse and steer.
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fairsteer-writer")
+        self._formatters: Any = None
+        if self._fast and kind == "csv" and WRITE_THREADS > 1:
+            # Float formatting is most of the time of a CSV write: a chunk's rows
+            # are formatted in WRITE_THREADS parts at once.
+            self._formatters = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="fairsteer-fmt")
         if kind == "csv":
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow(names)
             fh.write(buf.getvalue().encode())
 
-    def write(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
-        """Write the rows of ``chunk`` with the ``replaced`` columns (float64) swapped in.
+    def write(self, chunk: Chunk, replaced: dict[str, Any]) -> None:
+        """Write the rows of ``chunk`` with the ``replaced`` columns swapped in.
+
+        ``replaced[name]`` is a float64 array of the chunk's rows or a
+        :class:`CellValues`.
 
         With pyarrow the chunk is formatted and written in a background thread
         while the caller prepares the next one (one chunk in flight, order
@@ -961,7 +1184,12 @@ class TableWriter:
         cols = []
         for name in self.names:
             if name in replaced:
-                cols.append([repr(float(v)) for v in replaced[name]])
+                value = replaced[name]
+                if isinstance(value, CellValues):
+                    texts = [repr(float(v)) for v in value.values]
+                    cols.append([texts[k] for k in value.index])
+                else:
+                    cols.append([repr(float(v)) for v in value])
             elif isinstance(chunk.columns[name], list):
                 cols.append(chunk.columns[name])
             else:
@@ -970,65 +1198,114 @@ class TableWriter:
         csv.writer(buf, lineterminator="\n").writerows(zip(*cols))
         self.fh.write(buf.getvalue().encode())
 
-    def _write_csv_arrow(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
+    def _write_csv_arrow(self, chunk: Chunk, replaced: dict[str, Any]) -> None:
+        # Python-level text (stdlib or Parquet cells) is made once, not once per part.
+        text = {
+            name: _python_text(chunk, name)
+            for name in self.names
+            if name not in replaced
+            and (isinstance(chunk.columns[name], list) or self.source.kind != "csv")
+        }
+        n = chunk.n_rows
+        parts = max(1, min(WRITE_THREADS, n // MIN_PART_ROWS))
+        bounds = [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+        if parts == 1:
+            rows = [self._csv_rows(chunk, replaced, text, 0, n)]
+        else:  # the row ranges formatted side by side (pyarrow releases the GIL)
+            rows = list(
+                self._formatters.map(lambda b: self._csv_rows(chunk, replaced, text, *b), bounds)
+            )
+        for part in rows:
+            self.fh.write(_text_bytes(part))
+
+    def _csv_rows(
+        self, chunk: Chunk, replaced: dict[str, Any], text: dict[str, list[str]], lo: int, hi: int
+    ) -> Any:
+        """CSV lines of rows ``lo:hi`` of the chunk, as one pyarrow string array."""
         pa, pc = _pyarrow(), _pyarrow_compute()
         cols = []
         for name in self.names:
             if name in replaced:
-                cols.append(format_floats(replaced[name]))
-                continue
-            col = chunk.columns[name]
-            if isinstance(col, list) or self.source.kind != "csv":
-                col = pa.array(_python_text(chunk, name), pa.string())
-            cols.append(_quote(col))
+                value = replaced[name]
+                if isinstance(value, CellValues):  # each distinct value formatted once
+                    index = _arrow(np.asarray(value.index[lo:hi], dtype=np.int64))
+                    cols.append(format_floats(value.values).take(index))
+                else:
+                    cols.append(format_floats(value[lo:hi]))
+            elif name in text:
+                cols.append(_quote(_string_array(text[name][lo:hi])))
+            else:
+                cols.append(_quote(_decoded(chunk.columns[name].slice(lo, hi - lo))))
         cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
         rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
-        rows = rows.cast(pa.string())
-        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)
-        lo, hi = offsets[rows.offset], offsets[rows.offset + len(rows)]
-        self.fh.write(memoryview(rows.buffers()[2])[lo:hi])
+        return rows.cast(pa.string())
 
     def _write_parquet(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
         pa, pq = _pyarrow(), _pyarrow_parquet()
         arrays = []
         for name in self.names:
             if name in replaced:
-                arrays.append(_arrow(np.asarray(replaced[name], dtype=np.float64)))
+                value = replaced[name]
+                if isinstance(value, CellValues):
+                    value = np.asarray(value.values, dtype=np.float64)[value.index]
+                arrays.append(_arrow(np.asarray(value, dtype=np.float64)))
             elif isinstance(chunk.columns[name], list):
-                arrays.append(pa.array(chunk.columns[name], pa.string()))
+                arrays.append(_string_array(chunk.columns[name]))
+            elif self.source.kind == "csv":  # CSV cells are text in Parquet too
+                arrays.append(_decoded(chunk.columns[name]))
             else:
                 arrays.append(chunk.columns[name])
         if self._parquet is None:
             schema = pa.schema([pa.field(n, a.type) for n, a in zip(self.names, arrays)])
-            self._parquet = pq.ParquetWriter(self.fh, schema)
-        self._parquet.write_batch(pa.record_batch(arrays, schema=self._parquet.schema))
+            # Dictionary encoding pays for labels and carried columns, not for steered
+            # (continuous) features: trying it on them made the write 4x slower.
+            continuous = {n for n, v in replaced.items() if not isinstance(v, CellValues)}
+            dictionary = [n for n in self.names if n not in continuous]
+            self._parquet = pq.ParquetWriter(self.fh, schema, use_dictionary=dictionary)
+        self._batches.append(pa.record_batch(arrays, schema=self._parquet.schema))
+        if sum(b.num_rows for b in self._batches) >= ROW_GROUP_ROWS:
+            self._flush_parquet()
+
+    def _flush_parquet(self) -> None:
+        """Write the buffered batches as one row group (chunks are smaller than row groups)."""
+        if self._batches:
+            pa = _pyarrow()
+            table = pa.Table.from_batches(self._batches)
+            self._batches = []
+            self._parquet.write_table(table, row_group_size=table.num_rows)
 
     def close(self) -> None:
         """Finish the file (the Parquet footer); the caller closes ``fh``."""
         try:
             self._wait()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            for pool in (self._pool, self._formatters):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._pool = self._formatters = None
         if self.kind == "parquet":
             if self._parquet is None:
                 raise InputError("no rows to write")
+            self._flush_parquet()
             self._parquet.close()
 
-    def __del__(self) -> None:  # a writer abandoned after an error: stop its thread
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def __del__(self) -> None:  # a writer abandoned after an error: stop its threads
+        for name in ("_pool", "_formatters"):
+            pool = getattr(self, name, None)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+def _prefetched(
+    chunks: Iterator[Chunk], depth: int = 1, on_stop: Callable[[], None] | None = None
+) -> Iterator[Chunk]:
     """``chunks``, read ahead by ``depth`` chunks in a background thread.
 
     pyarrow's readers release the GIL, so reading and parsing the next chunk
     overlaps the caller's work on this one; memory grows by ``depth`` chunks.
     An error of the reader is raised here, at the chunk where it happened; a
-    caller that stops early stops the reader.
+    caller that stops early stops the reader (``on_stop`` is called first, to
+    end a read the reader thread may be waiting for).
     """
     import queue
     import threading
@@ -1066,6 +1343,8 @@ def _prefetched(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
             yield item
     finally:
         stop.set()
+        if on_stop is not None:
+            on_stop()
         thread.join()
         close = getattr(chunks, "close", None)
         if close is not None:

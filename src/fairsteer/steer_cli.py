@@ -16,7 +16,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
     from fairsteer.cli import chunk_features, fit_from_args
-    from fairsteer.io import TableWriter, atomic_output, check_output
+    from fairsteer.io import CellValues, TableWriter, atomic_output, check_output
     from fairsteer.maps import SteeringMaps
     from fairsteer.shards import steer_command, use_shards
     from fairsteer.solve import solve
@@ -51,17 +51,21 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     # Pass 2: steer chunk by chunk into the temporary file renamed at the end.
     with atomic_output(args.output) as fh:
         writer = TableWriter(fh, out_kind, [*source.names, args.weight_column], source)
-        for chunk in source.chunks():
+        # The features are replaced (parsed only); group and label read as dictionaries.
+        for chunk in source.chunks(floats=features, labels=[args.group, args.label]):
             X = chunk_features(chunk, features, args)
             c = fitted.classes.sorted_codes(fitted.classes.encode(chunk, grow=False))
             g = fitted.groups.sorted_codes(fitted.groups.encode(chunk, grow=False))
-            steered = maps.steer(X, class_names[c], group_names[g])
+            # maps.steer(X, class_names[c], group_names[g]) without turning the
+            # codes into labels and back (a search over every row's label).
+            Z = maps.original.to_gaussian_scale(X, g)
+            steered = maps.original.from_gaussian_scale(maps.kernels.steer(Z, g, c), g)
             if args.round_dequantized:
                 for name in args.dequantize:  # floor inverts x + U, U in [0, 1)
                     j = features.index(name)
                     steered[:, j] = np.floor(steered[:, j])
             updates = {name: steered[:, j] for j, name in enumerate(features)}
-            updates[args.weight_column] = cell_weights[g * K + c]
+            updates[args.weight_column] = CellValues(cell_weights, g * K + c)
             writer.write(chunk, updates)
         writer.close()
     print(
