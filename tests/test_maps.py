@@ -136,28 +136,3 @@ def test_json_round_trip_and_bad_input():
         maps.transform(X[:2], ["f", "f"], "magic")
     with pytest.raises(InputError, match="shape"):
         maps.steer(X[:, :2], y, g)
-
-
-@pytest.mark.parametrize("block_rows", [1, 10_000])
-def test_blockwise_shared_steer_equals_the_per_row_formula(monkeypatch, block_rows):
-    """The numpy shared-covariance steer in row blocks: blocks of one group, mixed blocks
-    and a single block all give mu~[a,i] + A[a,i] (x - mu[a,i]) row by row."""
-    import fairsteer.kernels as kernels
-
-    X, y, g = biased_sample(n=900, seed=5)
-    g[:300] = "f"  # a run of one group: the first block is one GEMM into the output
-    model = fit_model(X, y, g, covariance="shared")
-    maps = SteeringMaps.from_solution(model, solve(model, "all-subgroups"))
-    # blocks of at least 256 rows: 1 -> 256-row blocks (one single-group, the rest
-    # mixed), 10_000 -> one block
-    monkeypatch.setattr(kernels, "STEER_BLOCK_BYTES", 8 * 3 * block_rows)
-    Xs = maps.steer(X, y, g)
-    a = np.array([model.groups.index(v) for v in g])
-    expected = np.stack(
-        [
-            maps.ideal.means[a[k], y[k]] + maps.A[a[k], y[k]] @ (X[k] - model.means[a[k], y[k]])
-            for k in range(len(X))
-        ]
-    )
-    # affine maps of O(1) values with O(1) matrices, two summation orders: ~1e-15
-    np.testing.assert_allclose(Xs, expected, rtol=1e-12, atol=1e-12)

@@ -36,11 +36,6 @@ __all__ = ["CellKernels"]
 Array = NDArray[np.float64]
 
 
-# Rows per block of the numpy shared-covariance steer: ~8 MB of input, so a
-# block, its group gathers and its output stay in the (32 MB) last-level cache.
-STEER_BLOCK_BYTES = 8 << 20
-
-
 def _lower_inverse(L: Array) -> Array:
     """Inverses of a stack of lower-triangular factors, by triangular solves."""
     eye = np.eye(L.shape[-1])
@@ -131,7 +126,9 @@ class CellKernels:
         p = self.params
         if self.shared_maps:
             shift = p["shift"][a][labels] if weights is None else weights @ p["shift"][a]
-            return z @ p["At"][a] + shift
+            out = z @ p["At"][a]
+            out += shift  # in place: one pass over the rows fewer than ``z @ At + shift``
+            return out
         if weights is not None:
             images = z[None] @ p["At"][a] + p["shift"][a][:, None, :]  # (K, r, d)
             return (weights.T[:, :, None] * images).sum(0)
@@ -150,34 +147,6 @@ class CellKernels:
                 out[rows] = fn(z[rows], rows, a)
         return out
 
-    def _steer_shared(self, z: Array, groups: NDArray[np.intp], labels: NDArray[np.intp]) -> Array:
-        """:meth:`steer` of a shared covariance on numpy rows, in cache-sized row blocks.
-
-        Each block of consecutive rows is one GEMM per group present in it
-        (written straight into the output when the block is a single group) plus
-        the per-cell shift read from an (m K, d) table: the rows are read and
-        written once, in their own order, instead of gathered per group and
-        scattered back.
-        """
-        p = self.params
-        n, d = z.shape
-        out = np.empty((n, d))
-        shift = np.ascontiguousarray(p["shift"]).reshape(-1, d)
-        cell = np.asarray(groups, dtype=np.intp) * self.n_classes + labels
-        step = max(256, STEER_BLOCK_BYTES // (8 * max(d, 1)))
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            zb, gb, ob = z[start:stop], groups[start:stop], out[start:stop]
-            first = gb[0]
-            if np.all(gb == first):
-                np.matmul(zb, p["At"][first], out=ob)
-            else:
-                for a in np.unique(gb):
-                    rows = np.flatnonzero(gb == a)
-                    ob[rows] = zb[rows] @ p["At"][a]
-            ob += shift[cell[start:stop]]
-        return out
-
     # --------------------------------------------------------------- public
     def logits(self, z: Any, groups: Any) -> Any:
         """Class logits of every row, shape (n, K); their softmax is P(Y | z, a)."""
@@ -185,8 +154,6 @@ class CellKernels:
 
     def steer(self, z: Any, groups: Any, labels: Any) -> Any:
         """Every row through its own cell's map, shape (n, d)."""
-        if self.shared_maps and isinstance(z, np.ndarray):
-            return self._steer_shared(z, groups, labels)
         return self._by_group(
             z, groups, lambda zr, rows, a: self._group_map(zr, a, labels=labels[rows]), z.shape[1]
         )
