@@ -20,10 +20,13 @@ the float. Parquet keeps the original Arrow types.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import importlib.util
 import io
 import os
+import time
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -805,6 +808,7 @@ class TableSource:
             streams[:] = [stream]
             types = {n: pa.float64() if n in floats else pa.string() for n in self.names}
             types.update({n: pa.dictionary(pa.int32(), pa.string()) for n in labels})
+            reader = None
             try:
                 reader = pcsv.open_csv(
                     stream,
@@ -856,6 +860,8 @@ class TableSource:
                     continue
                 break
             finally:
+                stream.stop()  # every further read is the end of the file
+                _drain(reader)
                 stream.close()
         yield from self._stdlib_chunks(done)
 
@@ -902,7 +908,9 @@ class _PacedFile(io.RawIOBase):
         self._cond = threading.Condition()
         self._block, self._taken, self._read = block, 0, 0
         self._stopped = False
+        self._in_flight, self._last_call, self._at_end = 0, 0.0, False
         self.cr = False
+        _PACED.add(self)
 
     def readable(self) -> bool:
         return True
@@ -915,6 +923,17 @@ class _PacedFile(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         with self._cond:
+            self._in_flight += 1
+        try:
+            return self._paced_read(size)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._last_call = time.monotonic()
+                self._cond.notify_all()
+
+    def _paced_read(self, size: int) -> bytes:
+        with self._cond:
             limit = (self._taken + READ_AHEAD) * self._block
             if not self._stopped and self._read >= limit:
                 self._cond.wait_for(
@@ -925,9 +944,30 @@ class _PacedFile(io.RawIOBase):
                 return b""
         data = self._fh.read(size)
         self._read += len(data)
+        self._at_end = self._at_end or (size != 0 and not data)
         if not self.cr and b"\r" in data:
             self.cr = True
         return data
+
+    def quiesce(self, quiet: float = 0.2, timeout: float = 2.0) -> None:
+        """Stop, then wait until pyarrow's I/O threads have made no read for ``quiet`` s.
+
+        pyarrow's read-ahead tasks call :meth:`read` from its own threads; one
+        that arrives while the interpreter shuts down cannot take the GIL and
+        aborts the process ("terminate called without an active exception").
+        After :meth:`stop` every read returns at once and pyarrow, at the end of
+        the file, issues no more, so a short quiet spell is reached quickly.
+        """
+        self.stop()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._at_end and self._in_flight == 0:
+                return  # read to the end: pyarrow makes no more reads
+            while time.monotonic() < deadline:
+                idle = time.monotonic() - self._last_call
+                if self._in_flight == 0 and idle >= quiet:
+                    return
+                self._cond.wait(timeout=max(quiet - idle, 0.005))
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
@@ -944,6 +984,32 @@ class _PacedFile(io.RawIOBase):
         self.stop()
         self._fh.close()
         super().close()
+
+
+def _drain(reader: Any) -> None:
+    """Run a stopped streaming reader to its end, so no read-ahead task outlives it.
+
+    Destroying pyarrow's reader while its I/O tasks still run lets them call
+    into Python later, possibly during interpreter shutdown, which aborts the
+    process; with the stream stopped, the remaining batches come at once.
+    """
+    if reader is None:
+        return
+    try:
+        while True:
+            reader.read_next_batch()
+    except Exception:  # StopIteration at the end, or any error of the stopped stream
+        return
+
+
+_PACED: weakref.WeakSet[_PacedFile] = weakref.WeakSet()
+
+
+@atexit.register
+def _quiesce_paced_files() -> None:
+    """At exit, let pyarrow's read-ahead into any paced file end first (see ``quiesce``)."""
+    for paced in list(_PACED):
+        paced.quiesce()
 
 
 def _all_finite(col: Any) -> bool:
