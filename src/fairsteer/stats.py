@@ -480,9 +480,11 @@ def _chunked_moments(
     r"""S = sum z z^T over ``X[rows] - shift`` and the segment sums t_k of z.
 
     Segment k is ``rows[bounds[k]:bounds[k + 1]]`` (a class, when the rows are
-    sorted by class). The rows are gathered :data:`CHUNK_ROWS` at a time into
-    one of two reused buffers (a fresh 10 MB array per chunk costs page faults
-    every time). The memory-bound part of a chunk (gather, shift, segment sums)
+    sorted by class). The rows are gathered in chunks of about
+    :data:`CHUNK_BYTES` (at least :data:`CHUNK_ROWS` rows) into one of two
+    reused buffers (a fresh array per chunk costs page faults every time); rows
+    that fit in one chunk are done in the calling thread. Otherwise the
+    memory-bound part of a chunk (gather, shift, segment sums)
     runs in :data:`GATHER_THREADS` helper threads, one slice of the chunk each,
     while the caller's BLAS multiplies the previous chunk: ``np.take`` and BLAS
     release the GIL, so the gather overlaps the compute-bound product instead of
@@ -521,6 +523,12 @@ def _chunked_moments(
             pool.submit(gather, k, int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a
         ]
 
+    if len(starts) == 1:  # one chunk: nothing to overlap, no threads to start
+        for j, t in gather(0, 0, rows.size):
+            T[j] += t
+        Z = buffers[0]
+        S += Z.T @ Z
+        return S, T
     with ThreadPoolExecutor(max_workers=GATHER_THREADS) as pool:
         pending = submit(pool, 0)
         for k, start in enumerate(starts):
