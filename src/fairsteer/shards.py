@@ -275,6 +275,32 @@ def _open_shard(path: Path, layout: Layout) -> Any:
     return source
 
 
+Codes = NDArray[np.intp]
+
+
+class _CodedShard:
+    """One shard opened with its group and class coders (both passes of ``fit`` read it so)."""
+
+    def __init__(self, path: Path, layout: Layout) -> None:
+        from fairsteer.io import LabelCoder
+
+        self.path, self.layout = path, layout
+        self.source = _open_shard(path, layout)
+        self.groups = LabelCoder(self.source, layout.group, "group")
+        self.classes = LabelCoder(self.source, layout.label, "class")
+
+    def chunks(self, offset: int) -> Iterator[tuple[Any, NDArray[np.float64], Codes, Codes]]:
+        """``(chunk, features, group codes, class codes)``; a bad feature cell names the shard."""
+        for chunk in self.source.chunks():
+            try:
+                X = self.layout.floats(chunk, offset)
+            except InputError as exc:
+                hint = FEATURES_HINT if self.layout.defaulted else ""
+                raise _in_shard(self.path, exc, hint) from None
+            c = self.classes.encode(chunk)
+            yield chunk, X, self.groups.encode(chunk), c
+
+
 def shard_partial(path: Path, layout: Layout, offset: int = 0) -> ShardPartial:
     """Statistics of one shard, streamed chunk by chunk (the one-file path of ``fit``).
 
@@ -287,7 +313,6 @@ def shard_partial(path: Path, layout: Layout, offset: int = 0) -> ShardPartial:
         For any bad cell, naming the shard, the row (and line) and the column.
     """
     from fairsteer.dask import Partial
-    from fairsteer.io import LabelCoder
     from fairsteer.stats import cell_statistics_from_codes
 
     features = layout.features
@@ -295,16 +320,9 @@ def shard_partial(path: Path, layout: Layout, offset: int = 0) -> ShardPartial:
     stats = None
     n_rows = 0
     try:
-        source = _open_shard(path, layout)
-        groups = LabelCoder(source, layout.group, "group")
-        classes = LabelCoder(source, layout.label, "class")
-        for chunk in source.chunks():
-            try:
-                X = layout.floats(chunk, offset)
-            except InputError as exc:
-                raise _in_shard(path, exc, FEATURES_HINT if layout.defaulted else "") from None
-            c = classes.encode(chunk)
-            g = groups.encode(chunk)
+        shard = _CodedShard(path, layout)
+        source, groups, classes = shard.source, shard.groups, shard.classes
+        for chunk, X, g, c in shard.chunks(offset):
             Z = layout.forward(X, groups, g, source.kind)
             span.update(Z)
             part = cell_statistics_from_codes(
@@ -376,20 +394,13 @@ def shard_sample(path: Path, layout: Layout, offset: int, size: int) -> ShardSam
     ``size`` rows (the smallest keys, :class:`fairsteer.sampling.RowSample`)
     are kept at any time.
     """
-    from fairsteer.io import LabelCoder
     from fairsteer.sampling import RowSample
 
     sample = RowSample.empty(len(layout.features), size, layout.seed)
     try:
-        source = _open_shard(path, layout)
-        groups = LabelCoder(source, layout.group, "group")
-        classes = LabelCoder(source, layout.label, "class")
-        for chunk in source.chunks():
-            try:
-                X = layout.floats(chunk, offset)
-            except InputError as exc:
-                raise _in_shard(path, exc, FEATURES_HINT if layout.defaulted else "") from None
-            g, c = groups.encode(chunk), classes.encode(chunk)
+        shard = _CodedShard(path, layout)
+        source, groups, classes = shard.source, shard.groups, shard.classes
+        for chunk, X, g, c in shard.chunks(offset):
             part = RowSample.of(
                 X,
                 g,
