@@ -56,10 +56,9 @@ def _steer_shared(
 
     n, d = z.shape
     out = np.empty((n, d))
-    m = shift.shape[0]
     step = max(2048, STEER_CHUNK_BYTES // (8 * max(d, 1)))
     work = []
-    for a in range(m):
+    for a in range(shift.shape[0]):
         idx = np.flatnonzero(groups == a)
         work += [(a, idx[k : k + step]) for k in range(0, idx.size, step)]
     if not work:
@@ -78,20 +77,19 @@ def _steer_shared(
         res += shift[a][labels[rows]]
         out[rows] = res
 
+    # One worker runs the tasks in order: gather(j + 1) before finish(j), so when
+    # gather(j + 2) is done, finish(j) is too and outs[j % 2] is free again.
     with ThreadPoolExecutor(max_workers=1) as pool:
         gathered = pool.submit(gather, 0)
-        finished = [None, None]
+        finished = []
         for j, (a, rows) in enumerate(work):
             gathered.result()
-            if finished[j % 2] is not None:
-                finished[j % 2].result()  # outs[j % 2] was chunk j - 2's
-            # ins[(j + 1) % 2] held chunk j - 1, whose GEMM is done
-            gathered = pool.submit(gather, j + 1) if j + 1 < len(work) else pool.submit(int)
+            if j + 1 < len(work):  # into ins[(j + 1) % 2]: chunk j - 1's GEMM is done
+                gathered = pool.submit(gather, j + 1)
             np.matmul(ins[j % 2][: rows.size], At[a], out=outs[j % 2][: rows.size])
-            finished[j % 2] = pool.submit(finish, j)
-        for f in finished:
-            if f is not None:
-                f.result()
+            finished.append(pool.submit(finish, j))
+        for task in finished:
+            task.result()  # raises what a task raised
     return out
 
 

@@ -437,23 +437,21 @@ def cell_statistics_from_codes(
     )
 
 
-CHUNK_ROWS = 2048  # rows gathered at a time: a few MB at LLM widths, cache-resident
+CHUNK_ROWS = 2048  # fewest rows gathered at a time (see CHUNK_BYTES)
 
 
 def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
     r"""Mean and centred scatter of ``X[rows]`` in one pass over the rows.
 
-    The rows are gathered :data:`CHUNK_ROWS` at a time and shifted by one of
-    them, z = x - x_0; with s = sum z and S = sum z z^T,
+    The rows are gathered in chunks (:func:`_chunked_moments`) and shifted by
+    one of them, z = x - x_0; with s = sum z and S = sum z z^T,
 
     .. math:: \bar x = x_0 + s / n, \qquad \text{scatter} = S - s s^T / n .
 
     The shift is a sample of the cell, so z is of the order of the spread and
     the subtraction loses no more than a few digits (the textbook
     sum-of-squares formula on raw values loses them all for a column with
-    mean 2000 and spread 1). Each chunk is gathered, shifted and multiplied
-    while it sits in cache: the data are read from memory once, and the work
-    is one ``X^T X`` in total.
+    mean 2000 and spread 1). The work is one ``X^T X`` in total.
     """
     shift = X[rows[0]].copy()
     # Values near the float64 limits overflow here; the model checks
