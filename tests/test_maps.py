@@ -138,12 +138,16 @@ def test_json_round_trip_and_bad_input():
         maps.steer(X[:, :2], y, g)
 
 
-@pytest.mark.parametrize("chunk_rows", [2048, 100_000])
-def test_pipelined_shared_steer_equals_the_per_row_formula(monkeypatch, chunk_rows):
-    """The numpy shared-covariance steer (chunks per group, gathered and scattered by a
-    helper thread) gives mu~[a,i] + A[a,i] (x - mu[a,i]) row by row, with several
-    chunks per group (2048 rows) or one."""
+@pytest.mark.parametrize(("chunk_rows", "workers"), [(2048, 1), (2048, 3), (100_000, 2)])
+def test_row_parallel_shared_steer_equals_the_per_row_formula(monkeypatch, chunk_rows, workers):
+    """The numpy shared-covariance steer (row slices per worker, chunks per group,
+    gathered and scattered) gives mu~[a,i] + A[a,i] (x - mu[a,i]) row by row, with
+    several chunks per group (2048 rows) or one, on one or several workers."""
+    import fairsteer._threads as threads
     import fairsteer.kernels as kernels
+
+    monkeypatch.setattr(threads, "cpu_workers", lambda: workers)
+    monkeypatch.setattr(kernels, "STEER_PARALLEL_ROWS", 1)
 
     X, y, g = biased_sample(n=5000, seed=5)
     model = fit_model(X, y, g, covariance="shared")

@@ -140,14 +140,21 @@ def test_pooled_statistics_equal_summed_cells(separation):
         cell_statistics(X[full], y[full], g[full], pooled=True).covariances("per-class")
 
 
-@pytest.mark.parametrize(("chunk", "threads"), [(7, 1), (7, 3), (64, 2), (10_000, 2)])
-def test_chunked_gather_any_chunk_size_and_thread_count(monkeypatch, chunk, threads):
-    """Chunk and slice boundaries anywhere (inside classes, at empty classes) give the
-    naive per-cell moments, per cell and pooled."""
+@pytest.mark.parametrize(
+    ("chunk", "sub_rows", "workers"), [(7, 3, 1), (7, 2, 3), (64, 5, 2), (10_000, 64, 2)]
+)
+def test_chunked_gather_any_chunk_size_and_thread_count(monkeypatch, chunk, sub_rows, workers):
+    """Chunk, sub-block and worker-slice boundaries anywhere (inside classes, at empty
+    classes) give the naive per-cell moments, per cell and pooled."""
+    import fairsteer._threads as threads
     import fairsteer.stats as stats
 
+    d = 3  # sample()'s features
     monkeypatch.setattr(stats, "CHUNK_ROWS", chunk)
-    monkeypatch.setattr(stats, "GATHER_THREADS", threads)
+    monkeypatch.setattr(stats, "CHUNK_BYTES", 0)
+    monkeypatch.setattr(stats, "SUB_BLOCK_BYTES", 8 * d * sub_rows)
+    monkeypatch.setattr(stats, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(threads, "cpu_workers", lambda: workers)
     X, y, g = sample(4, n=500)
     y = np.where((g == "b") & (y == "pos"), "neg", y)  # cell (b, pos) empty
     cells = cell_statistics(X, y, g)

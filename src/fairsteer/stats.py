@@ -19,15 +19,14 @@ order of the batches. This is what lets a fit run as a map-reduce over batches
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from fairsteer._threads import row_parallel
 from fairsteer.errors import InputError
 from fairsteer.linalg import all_finite
 
@@ -411,22 +410,15 @@ def cell_statistics_from_codes(
     m, K = len(glabels), len(clabels)
     code = gcodes * K + ccodes
     counts = np.bincount(code, minlength=m * K).astype(np.float64)
-    order = np.argsort(code, kind="stable")
+    # a stable sort of small codes: radix sort (O(n)) for 16-bit keys
+    small = np.int16 if m * K <= np.iinfo(np.int16).max else np.intp
+    order = np.argsort(code.astype(small, copy=False), kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts).astype(np.intp)])
-    means = np.zeros((m * K, d))
     if pooled:
-        scatters = np.zeros((m, 1, d, d))
-        for a in range(m):
-            lo, hi = bounds[a * K], bounds[(a + 1) * K]
-            if hi > lo:
-                cells = slice(a * K, (a + 1) * K)
-                means[cells], scatters[a, 0] = _pooled_moments(X, order[lo:hi], counts[cells])
+        means, W = _pooled_moments(X, order, bounds, m, K)
+        scatters = W[:, None]
     else:
-        scatters = np.zeros((m * K, d, d))
-        for c in range(m * K):
-            lo, hi = bounds[c], bounds[c + 1]
-            if hi > lo:
-                means[c], scatters[c] = _shifted_moments(X, order[lo:hi])
+        means, scatters = _cell_moments(X, order, bounds)
     return CellStats(
         glabels,
         clabels,
@@ -437,108 +429,128 @@ def cell_statistics_from_codes(
     )
 
 
-CHUNK_ROWS = 2048  # fewest rows gathered at a time (see CHUNK_BYTES)
+# A chunk holds at least CHUNK_ROWS rows and about CHUNK_BYTES: single-threaded
+# BLAS's Z^T Z on 2048 x 768 panels runs ~15% slower than on one large panel,
+# on 4096 x 768 within a few per cent (benchmarks/bench_engine.py, 2 cores).
+CHUNK_ROWS = 2048
+CHUNK_BYTES = 24 << 20
+SUB_BLOCK_BYTES = 512 << 10  # rows gathered, shifted and summed at a time: in L2 cache
+# Rows per worker below which the moments run in the calling thread (with
+# BLAS's own threads): a thread per core pays from a few chunks up.
+PARALLEL_ROWS = 2 * CHUNK_ROWS
 
 
-def _shifted_moments(X: Array, rows: NDArray[np.intp]) -> tuple[Array, Array]:
-    r"""Mean and centred scatter of ``X[rows]`` in one pass over the rows.
+def _segment_moments(
+    X: Array,
+    order: NDArray[np.intp],
+    bounds: NDArray[np.intp],
+    product: NDArray[np.intp],
+    shifts: Array,
+) -> tuple[Array, Array]:
+    r"""Shifted products and sums of segments of rows, ``z = x - shifts[product[s]]``.
 
-    The rows are gathered in chunks (:func:`_chunked_moments`) and shifted by
-    one of them, z = x - x_0; with s = sum z and S = sum z z^T,
+    Segment s is the rows ``order[bounds[s]:bounds[s + 1]]`` (a cell, when
+    ``order`` sorts the rows by cell); ``product[s]`` says which product it
+    joins (its cell, or its group for a pooled scatter). Returns
+
+    .. math:: S_p = \sum_{s:\,\text{product}[s] = p}\ \sum_{x \in s} z z^T, \qquad
+              T_s = \sum_{x \in s} z ,
+
+    ``S`` of shape (n_products, d, d) and ``T`` of shape (n_segments, d). The
+    rows are cut into one contiguous slice per core
+    (:func:`fairsteer._threads.row_parallel`); a worker gathers its rows in
+    chunks of about :data:`CHUNK_BYTES` into one reused buffer (a fresh array
+    per chunk costs page faults every time), shifts and sums them in
+    cache-sized sub-blocks, and adds ``Z^T Z`` with one BLAS thread; the
+    per-worker results are summed in slice order. Equal shifts make the
+    pieces add exactly, so the work is one ``X^T X`` plus one gather.
+    """
+    d = X.shape[1]
+    n_seg, n_prod = bounds.size - 1, shifts.shape[0]
+    total = int(bounds[-1])
+    chunk = max(CHUNK_ROWS, CHUNK_BYTES // (8 * max(d, 1)))
+    sub = max(1, SUB_BLOCK_BYTES // (8 * max(d, 1)))
+    # last row position (exclusive) of the run of segments sharing a product
+    run_end = bounds[1:].copy()
+    for s in range(n_seg - 2, -1, -1):
+        if product[s] == product[s + 1]:
+            run_end[s] = run_end[s + 1]
+
+    def work(lo: int, hi: int) -> tuple[dict[int, Array], Array]:
+        S: dict[int, Array] = {}
+        T = np.zeros((n_seg, d))
+        buf = np.empty((min(chunk, hi - lo), d))
+        pos = lo
+        with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
+            while pos < hi:
+                seg = int(np.searchsorted(bounds, pos, side="right")) - 1
+                p, stop = int(product[seg]), min(hi, int(run_end[seg]))
+                for c0 in range(pos, stop, chunk):
+                    c1 = min(c0 + chunk, stop)
+                    Z = buf[: c1 - c0]
+                    for b0 in range(c0, c1, sub):
+                        b1 = min(b0 + sub, c1)
+                        block = Z[b0 - c0 : b1 - c0]
+                        # rows are valid indices by construction; mode="raise" would copy `out`
+                        # through a buffer (a gather 2.7x slower)
+                        np.take(X, order[b0:b1], axis=0, out=block, mode="clip")
+                        block -= shifts[p]
+                        # segment sums while the block is in cache
+                        first = int(np.searchsorted(bounds, b0, side="right")) - 1
+                        for j in range(first, n_seg):
+                            if bounds[j] >= b1:
+                                break
+                            a, b = max(bounds[j], b0) - b0, min(bounds[j + 1], b1) - b0
+                            T[j] += block[a:b].sum(axis=0)
+                    if p in S:
+                        S[p] += Z.T @ Z
+                    else:
+                        S[p] = Z.T @ Z
+                pos = stop
+        return S, T
+
+    S = np.zeros((n_prod, d, d))
+    T = np.zeros((n_seg, d))
+    for part_S, part_T in row_parallel(work, total, PARALLEL_ROWS):
+        for p, block in part_S.items():
+            S[p] += block
+        T += part_T
+    return S, T
+
+
+def _first_rows(X: Array, order: NDArray[np.intp], bounds: NDArray[np.intp]) -> Array:
+    """The first row of every non-empty segment as its shift (zeros for empty ones).
+
+    A sample of the cell or group is of the order of its spread away from all
+    its rows, so the shifted values lose no more than a few digits (the
+    textbook sum-of-squares on raw values loses them all for a column with
+    mean 2000 and spread 1).
+    """
+    shifts = np.zeros((bounds.size - 1, X.shape[1]))
+    full = np.flatnonzero(bounds[1:] > bounds[:-1])
+    shifts[full] = X[order[bounds[full]]]
+    return shifts
+
+
+def _cell_moments(
+    X: Array, rows: NDArray[np.intp], bounds: NDArray[np.intp]
+) -> tuple[Array, Array]:
+    r"""Means and centred scatters of the cells ``rows[bounds[c]:bounds[c + 1]]``.
+
+    With each cell shifted by one of its rows, z = x - x_0, s = sum z and
+    S = sum z z^T (:func:`_segment_moments`),
 
     .. math:: \bar x = x_0 + s / n, \qquad \text{scatter} = S - s s^T / n .
-
-    The shift is a sample of the cell, so z is of the order of the spread and
-    the subtraction loses no more than a few digits (the textbook
-    sum-of-squares formula on raw values loses them all for a column with
-    mean 2000 and spread 1). The work is one ``X^T X`` in total.
     """
-    shift = X[rows[0]].copy()
+    shifts = _first_rows(X, rows, bounds)
+    n = np.maximum(bounds[1:] - bounds[:-1], 1).astype(np.float64)[:, None]
     # Values near the float64 limits overflow here; the model checks
     # (fairsteer.model.check_cell_covariances) name the feature instead.
     with np.errstate(over="ignore", invalid="ignore"):
-        S, T = _chunked_moments(X, rows, shift, np.array([0, rows.size]))
-        total = T[0]
-        delta = total / rows.size
-        scatter = S - np.outer(total, delta)
-    return shift + delta, 0.5 * (scatter + scatter.T)
-
-
-GATHER_THREADS = 2  # threads gathering and shifting each chunk (memory-bound work)
-# A chunk holds at least CHUNK_ROWS rows and about CHUNK_BYTES: BLAS's Z^T Z on
-# 2048 x 768 panels runs ~15% slower than on one large panel, on 8192 x 768
-# within 3% (benchmarks/bench_engine.py, this 2-core machine).
-CHUNK_BYTES = 48 << 20
-SUB_BLOCK_BYTES = 512 << 10  # rows gathered and shifted at a time: in L2 cache
-
-
-def _chunked_moments(
-    X: Array, rows: NDArray[np.intp], shift: Array, bounds: NDArray[np.intp]
-) -> tuple[Array, Array]:
-    r"""S = sum z z^T over ``X[rows] - shift`` and the segment sums t_k of z.
-
-    Segment k is ``rows[bounds[k]:bounds[k + 1]]`` (a class, when the rows are
-    sorted by class). The rows are gathered in chunks of about
-    :data:`CHUNK_BYTES` (at least :data:`CHUNK_ROWS` rows) into one of two
-    reused buffers (a fresh array per chunk costs page faults every time); rows
-    that fit in one chunk are done in the calling thread. Otherwise the
-    memory-bound part of a chunk (gather, shift, segment sums)
-    runs in :data:`GATHER_THREADS` helper threads, one slice of the chunk each,
-    while the caller's BLAS multiplies the previous chunk: ``np.take`` and BLAS
-    release the GIL, so the gather overlaps the compute-bound product instead of
-    adding to it, and the work stays one ``X^T X``.
-    """
-    d, n_seg = X.shape[1], bounds.size - 1
-    chunk = max(CHUNK_ROWS, CHUNK_BYTES // (8 * d))
-    sub = max(1, SUB_BLOCK_BYTES // (8 * d))
-    starts = list(range(0, rows.size, chunk))
-    buffers = [np.empty((min(rows.size, chunk), d)) for _ in range(min(2, len(starts)))]
-    S = np.zeros((d, d))
-    T = np.zeros((n_seg, d))
-
-    def gather(k: int, lo: int, hi: int) -> list[tuple[int, Array]]:
-        """Rows [lo, hi) of chunk k into its buffer, shifted; their segment sums."""
-        Z = buffers[k % 2][lo - starts[k] : hi - starts[k]]
-        with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
-            # in sub-blocks that fit in a core's cache, so the shift is applied
-            # to rows still in cache rather than in a second pass over memory
-            for a in range(0, hi - lo, sub):
-                block = Z[a : a + sub]
-                np.take(X, rows[lo + a : lo + a + block.shape[0]], axis=0, out=block)
-                block -= shift
-            first = int(np.searchsorted(bounds, lo, side="right")) - 1
-            last = int(np.searchsorted(bounds, hi, side="left"))
-            return [
-                (j, Z[max(bounds[j], lo) - lo : min(bounds[j + 1], hi) - lo].sum(axis=0))
-                for j in range(first, last)
-                if bounds[j + 1] > bounds[j]
-            ]
-
-    def submit(pool: ThreadPoolExecutor, k: int) -> list[Future[list[tuple[int, Array]]]]:
-        lo, hi = starts[k], min(starts[k] + chunk, rows.size)
-        cuts = np.linspace(lo, hi, GATHER_THREADS + 1).astype(np.intp)
-        return [
-            pool.submit(gather, k, int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a
-        ]
-
-    if len(starts) == 1:  # one chunk: nothing to overlap, no threads to start
-        for j, t in gather(0, 0, rows.size):
-            T[j] += t
-        Z = buffers[0]
-        S += Z.T @ Z
-        return S, T
-    with ThreadPoolExecutor(max_workers=GATHER_THREADS) as pool:
-        pending = submit(pool, 0)
-        for k, start in enumerate(starts):
-            for future in pending:
-                for j, t in future.result():
-                    T[j] += t
-            if k + 1 < len(starts):
-                # buffer (k + 1) % 2 held chunk k - 1, whose product is done
-                pending = submit(pool, k + 1)
-            Z = buffers[k % 2][: min(chunk, rows.size - start)]
-            S += Z.T @ Z
-    return S, T
+        S, T = _segment_moments(X, rows, bounds, np.arange(bounds.size - 1), shifts)
+        delta = T / n
+        scatters = S - T[:, :, None] * delta[:, None, :]
+    return shifts + delta, 0.5 * (scatters + np.swapaxes(scatters, -1, -2))
 
 
 # Pooling by one shifted product per group subtracts the between-class part
@@ -547,10 +559,12 @@ def _chunked_moments(
 POOL_GUARD = 1e3
 
 
-def _pooled_moments(X: Array, rows: NDArray[np.intp], counts: Array) -> tuple[Array, Array]:
-    r"""Class means and the pooled within-class scatter of ``X[rows]`` (rows sorted by class).
+def _pooled_moments(
+    X: Array, order: NDArray[np.intp], bounds: NDArray[np.intp], m: int, K: int
+) -> tuple[Array, Array]:
+    r"""Class means and each group's pooled within-class scatter (rows sorted by cell).
 
-    One pass over the group's rows shifted by one of them, z = x - x_0: with
+    One pass over every group's rows shifted by one of them, z = x - x_0: with
     S = sum z z^T over the group and t_i the sum of z over class i,
 
     .. math:: \bar x_i = x_0 + t_i / n_i, \qquad
@@ -558,25 +572,28 @@ def _pooled_moments(X: Array, rows: NDArray[np.intp], counts: Array) -> tuple[Ar
 
     so the work is one ``Z^T Z`` per group (large panels) plus a segmented sum.
     When the classes lie far apart compared with their spread (``trace(S)``
-    beyond :data:`POOL_GUARD` times ``trace(W)``) the per-cell products of
-    :func:`_shifted_moments` are used instead, which keep full accuracy.
+    beyond :data:`POOL_GUARD` times ``trace(W)``) that group's cells are
+    computed one by one (:func:`_cell_moments`), which keeps full accuracy.
+    Returns means of shape (m * K, d) and scatters of shape (m, d, d).
     """
-    K, d = counts.size, X.shape[1]
-    bounds = np.concatenate([[0], np.cumsum(counts).astype(np.intp)])
-    present = np.flatnonzero(counts > 0)
-    shift = X[rows[0]].copy()
+    d = X.shape[1]
+    shifts = _first_rows(X, order, bounds[::K])
+    counts = (bounds[1:] - bounds[:-1]).astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        S, T = _chunked_moments(X, rows, shift, bounds)
-        n = counts[present][:, None]
-        W = S - (T[present] / n).T @ T[present]
-        means = np.zeros((K, d))
-        means[present] = shift + T[present] / n
-    if not np.trace(S) <= POOL_GUARD * np.trace(W):
-        W = np.zeros((d, d))
-        for i in present:
-            means[i], scatter = _shifted_moments(X, rows[bounds[i] : bounds[i + 1]])
-            W += scatter
-    return means, 0.5 * (W + W.T)
+        S, T = _segment_moments(X, order, bounds, np.arange(m * K) // K, shifts)
+        n = np.maximum(counts, 1.0)[:, None]
+        means = np.repeat(shifts, K, axis=0) + T / n
+        W = S - np.einsum("aki,akj->aij", (T / n).reshape(m, K, d), T.reshape(m, K, d))
+    for a in range(m):
+        if not np.trace(S[a]) <= POOL_GUARD * np.trace(W[a]) and counts[a * K : (a + 1) * K].any():
+            lo, hi = bounds[a * K], bounds[(a + 1) * K]
+            cell_means, scatters = _cell_moments(
+                X, order[lo:hi], bounds[a * K : (a + 1) * K + 1] - lo
+            )
+            means[a * K : (a + 1) * K] = cell_means
+            W[a] = scatters.sum(axis=0)
+    means[counts == 0] = 0.0
+    return means, 0.5 * (W + np.swapaxes(W, -1, -2))
 
 
 class FeatureRange:
