@@ -168,3 +168,25 @@ def test_chunked_gather_any_chunk_size_and_thread_count(monkeypatch, chunk, sub_
     np.testing.assert_allclose(
         pooled.scatters[:, 0], cells.scatters.sum(axis=1), rtol=1e-10, atol=1e-9
     )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([3, 1, 3, 7, 1]),
+        np.array([-100, 100, 5, -100], dtype=np.int8),  # offsets beyond int8
+        np.array([9, 0, 255], dtype=np.uint8),
+        np.array([0, 2**40, 5]),  # range too wide to count: the sorting path
+        np.array([2**63 + 5, 2**63 + 1], dtype=np.uint64),  # beyond intp
+    ],
+)
+def test_integer_labels_counted_equal_the_sorted_unique(values):
+    """Small-range integer labels are encoded by counting; labels and codes are those of
+    np.unique (the reference), for signed, unsigned and out-of-range values."""
+    from fairsteer.stats import encode_labels
+
+    labels, codes = encode_labels(values, None, "group")
+    uniq, inverse = np.unique(values, return_inverse=True)
+    assert labels == tuple(int(u) for u in uniq)
+    assert all(type(label) is int for label in labels)
+    np.testing.assert_array_equal(codes, inverse)

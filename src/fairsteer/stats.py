@@ -63,6 +63,9 @@ def encode_labels(
     """
     arr = label_array(values, what)
     if labels is None:
+        small = _small_int_codes(arr)
+        if small is not None:
+            return small
         try:
             uniq, codes = np.unique(arr, return_inverse=True)
         except TypeError:
@@ -86,6 +89,25 @@ def encode_labels(
     except TypeError:  # an unhashable label
         raise InputError(f"{what} labels must be strings or numbers") from None
     return labels, codes
+
+
+def _small_int_codes(arr: NDArray[Any]) -> tuple[tuple[Hashable, ...], NDArray[np.intp]] | None:
+    """Sorted unique labels and codes of integer labels in a small range, by counting.
+
+    ``np.unique`` sorts the n labels (O(n log n)); integer labels spanning
+    fewer than a million values are counted instead (O(n + range)). The result
+    is that of the ``np.unique`` path; None for anything else.
+    """
+    if arr.dtype.kind not in "iu" or arr.size == 0:
+        return None
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi - lo >= 1 << 20 or hi > np.iinfo(np.intp).max:
+        return None
+    offset = arr.astype(np.intp) - lo
+    present = np.bincount(offset, minlength=hi - lo + 1) > 0
+    code_of = np.cumsum(present) - 1
+    uniq = (np.flatnonzero(present) + lo).astype(arr.dtype)
+    return tuple(_py(u) for u in uniq), code_of[offset]
 
 
 def _encode_by_search(arr: NDArray[Any], labels: tuple[Hashable, ...]) -> NDArray[np.intp] | None:
