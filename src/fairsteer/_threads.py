@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 R = TypeVar("R")
@@ -28,6 +30,36 @@ def _blas() -> Any:
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(user_api="blas")
+
+
+_lock = threading.Lock()
+_holders = 0  # threads inside one_blas_thread()
+_saved: Any = None  # the BLAS settings the first of them found
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """NumPy's BLAS on one thread while the block runs, safe for overlapping callers.
+
+    The thread count is process-wide. ``threadpoolctl``'s own context restores
+    what it found on entry, so two overlapping blocks (two threads of a Dask
+    worker, say) can leave BLAS on one thread for good: A enters (2 -> 1),
+    B enters (finds 1), A leaves (-> 2), B leaves (-> 1). Here the first
+    caller in saves the settings and the last one out restores them.
+    """
+    global _holders, _saved
+    with _lock:
+        if _holders == 0:
+            _saved = _blas().limit(limits=1)
+        _holders += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _holders -= 1
+            if _holders == 0:
+                _saved.restore_original_limits()
+                _saved = None
 
 
 def cpu_workers() -> int:
@@ -61,6 +93,6 @@ def row_parallel(fn: Callable[[int, int], R], n: int, min_rows: int) -> list[R]:
     from concurrent.futures import ThreadPoolExecutor
 
     cuts = [n * k // workers for k in range(workers + 1)]
-    with _blas().limit(limits=1), ThreadPoolExecutor(workers) as pool:
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(fn, lo, hi) for lo, hi in itertools.pairwise(cuts)]
         return [f.result() for f in futures]
