@@ -148,6 +148,7 @@ def test_row_parallel_shared_steer_equals_the_per_row_formula(monkeypatch, chunk
 
     monkeypatch.setattr(threads, "cpu_workers", lambda: workers)
     monkeypatch.setattr(kernels, "STEER_PARALLEL_ROWS", 1)
+    monkeypatch.setattr(kernels, "STEER_PARALLEL_BYTES", 0)
 
     X, y, g = biased_sample(n=5000, seed=5)
     model = fit_model(X, y, g, covariance="shared")

@@ -154,6 +154,7 @@ def test_chunked_gather_any_chunk_size_and_thread_count(monkeypatch, chunk, sub_
     monkeypatch.setattr(stats, "CHUNK_BYTES", 0)
     monkeypatch.setattr(stats, "SUB_BLOCK_BYTES", 8 * d * sub_rows)
     monkeypatch.setattr(stats, "PARALLEL_ROWS", 1)
+    monkeypatch.setattr(stats, "PARALLEL_BYTES", 0)
     monkeypatch.setattr(threads, "cpu_workers", lambda: workers)
     X, y, g = sample(4, n=500)
     y = np.where((g == "b") & (y == "pos"), "neg", y)  # cell (b, pos) empty

@@ -11,10 +11,23 @@ import pytest
 from fairsteer import _threads
 
 
-def test_overlapping_limits_restore_the_original_thread_count():
-    """A enters, B enters, A leaves, B leaves: BLAS is back where it started (threadpoolctl's
-    own context would leave it on one thread), and on one thread while either is inside."""
-    before = [lib.num_threads for lib in _threads._blas().lib_controllers]
+def test_overlapping_limits_restore_the_original_thread_count(monkeypatch):
+    """A enters, B enters, A leaves, B leaves: the first one in sets the limit, the last one
+    out restores it (threadpoolctl's own context, restoring what each found on entry,
+    would leave BLAS on one thread for good). A fake controller records the calls, since
+    OpenBLAS's view of a limit set from a non-main thread depends on its version."""
+    calls = []
+
+    class Limiter:
+        def restore_original_limits(self):
+            calls.append("restore")
+
+    class Controller:
+        def limit(self, limits):
+            calls.append(f"limit {limits}")
+            return Limiter()
+
+    monkeypatch.setattr(_threads, "_blas", Controller)
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     seen = []
 
@@ -29,14 +42,23 @@ def test_overlapping_limits_restore_the_original_thread_count():
         with _threads.one_blas_thread():
             b_in.set()
             a_out.wait(5)
-            seen.append([lib.num_threads for lib in _threads._blas().lib_controllers])
+            seen.append(list(calls))
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert seen == [[1] * len(before)]
+    assert seen == [["limit 1"]]  # A has left, B is inside: still limited
+    assert calls == ["limit 1", "restore"]
+    assert _threads._holders == 0
+
+
+def test_one_blas_thread_limits_and_restores_numpy_blas():
+    """From the calling thread, BLAS reports one thread inside and its count after."""
+    before = [lib.num_threads for lib in _threads._blas().lib_controllers]
+    with _threads.one_blas_thread():
+        assert all(lib.num_threads == 1 for lib in _threads._blas().lib_controllers)
     assert [lib.num_threads for lib in _threads._blas().lib_controllers] == before
 
 

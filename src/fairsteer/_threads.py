@@ -46,6 +46,12 @@ def one_blas_thread() -> Iterator[None]:
     worker, say) can leave BLAS on one thread for good: A enters (2 -> 1),
     B enters (finds 1), A leaves (-> 2), B leaves (-> 1). Here the first
     caller in saves the settings and the last one out restores them.
+
+    A limit set from the main thread holds for BLAS calls from every thread.
+    OpenBLAS 0.3.31 may ignore one set from another thread once the main
+    thread has set one (measured: a 2500 x 2500 product kept both threads);
+    the workers of such a caller (a Dask worker thread, say) then share the
+    cores with BLAS's threads: the same results, somewhat slower.
     """
     global _holders, _saved
     with _lock:

@@ -40,7 +40,9 @@ Array = NDArray[np.float64]
 # Rows per chunk of the shared-covariance steer: >= 2048 rows and about 24 MB,
 # where single-threaded BLAS runs within a few per cent of one large GEMM.
 STEER_CHUNK_BYTES = 24 << 20
-STEER_PARALLEL_ROWS = 2048  # rows per worker below which one thread steers
+# rows and bytes per worker below which one thread steers (see fairsteer.stats)
+STEER_PARALLEL_ROWS = 2048
+STEER_PARALLEL_BYTES = 2 << 20
 
 
 def _steer_shared(
@@ -75,7 +77,7 @@ def _steer_shared(
                 res += Z
                 out[rows] = res
 
-    row_parallel(work, n, STEER_PARALLEL_ROWS)
+    row_parallel(work, n, max(STEER_PARALLEL_ROWS, STEER_PARALLEL_BYTES // (8 * max(d, 1))))
     return out
 
 
