@@ -70,6 +70,7 @@ GTOL = 1e-7
 MAX_ITER = 1000  # trust-region iterations for a refined start
 SCREEN_ITER = 15  # iterations per start before the best are refined
 SCREEN_GTOL = 3e-2  # gradient norm at which a screened start has found its basin
+SCREEN_PRECOND = False
 REFINE = 2  # starts refined to convergence
 EIGEN_STARTS = 8  # covariant eigenvector-alignment starts screened (lowest f first)
 SAME_BASIN = 1e-2  # relative distance at which a run has reached a refined minimum
@@ -78,6 +79,11 @@ ZERO_KL = 1e-14  # a start this close to KL = 0 is a global minimum (KL >= 0)
 
 # Per-class searches at d <= SMALL_BLAS_D run their d x d products on one BLAS thread.
 SMALL_BLAS_D = 200
+
+# Smallest ratio of the two eigenvalues of a 2 x 2 block of the pair
+# preconditioner (:meth:`_TwoClassKernel.local`); at the minima of the
+# d = 100 benchmark the blocks' own ratios go down to ~1e-4.
+PAIR_FLOOR = 1e-6
 
 
 def small_blas(d: int) -> AbstractContextManager:
@@ -450,7 +456,14 @@ class MapBlock:
         return g, float(res.fun)
 
     # --------------------------------------------------------------- Newton
-    def newton(self, g0: Array, max_iter: int = MAX_ITER, gtol: float = GTOL, stop=None):
+    def newton(
+        self,
+        g0: Array,
+        max_iter: int = MAX_ITER,
+        gtol: float = GTOL,
+        stop=None,
+        precondition: bool = True,
+    ):
         """Trust-region Newton on phi from g0; returns (g, value, grad norm, iterations).
 
         A step p moves x to x exp(x^-1 p) (see the module notes). Two classes:
@@ -504,6 +517,21 @@ class MapBlock:
                 return np.full_like(x, np.nan)
             return (X @ expm(E)).ravel()
 
+        local = None
+        if kernel is not None and precondition:
+
+            def local(x: Array, grad: Array):
+                X = x.reshape(d, d)
+                grad_l, hv, solve = kernel.local(X, grad.reshape(d, d))
+
+                def move(P: Array) -> Array:
+                    # X exp(P): P is already the step relative to X.
+                    if not np.isfinite(P).all() or np.abs(P).sum(axis=0).max() > 50.0:
+                        return np.full_like(x, np.nan)
+                    return (X @ expm(P)).ravel()
+
+                return grad_l, hv, solve, move
+
         res = _trust_region(
             fun,
             hessp,
@@ -513,6 +541,7 @@ class MapBlock:
             stop=stop_flat,
             measure=measure,
             retract=retract,
+            local=local,
         )
         g = to_g(res.x.reshape(d, d))
         value, grad = self.value_grad(g)
@@ -566,6 +595,9 @@ class _TwoClassKernel:
         self.z = block.mu @ self.A.T  # rows V^-1 mu_i
         self.w = block.nu @ W  # rows W^T nu_i
         self.pi = pi
+        # The class-mean part of the Hessian: E -> diag(s) E u u^T (see :meth:`local`).
+        self._s = pi[0] * pi[1] * self.l[0] * self.l[1]
+        self._u = self.w[0] - self.w[1]
         logdet_vw = np.linalg.slogdet(V)[1] + np.linalg.slogdet(W)[1]
         self.const = block.const - logdet_vw
         self._key: bytes | None = None
@@ -606,6 +638,80 @@ class _TwoClassKernel:
         grad = self.coef * Y - (lr.T * pi) @ self.w - Y_inv_t
         return value, grad
 
+    def local(self, Y: Array, grad: Array):
+        """Newton model at Y in the right-relative coordinates X = Y^-1 E, with a preconditioner.
+
+        A step E = Y X (taken as Y exp(X)) turns the -ln|det Y| term of the
+        Hessian into the plain transposition X -> X^T, whatever Y is:
+
+            H_X[X] = Y^T (c o (Y X) + diag(s) Y X u u^T) + X^T,
+
+        where the class-mean part of phi is the rank-one s, u form of two
+        classes (s = pi_1 pi_2 l_1 l_2, u = w_1 - w_2). A product still costs
+        two d x d products, and the preconditioner is the Hessian with the
+        matrices Y^T diag(l_i) Y replaced by their diagonals: 2 x 2 blocks
+        pairing X_jk with X_kj, solved in O(d^2). It halves the conjugate
+        gradient iterations of the ill-conditioned final Newton steps (the
+        soft directions are near-skew X, whose curvature is the small
+        difference of the two parts). Returns the gradient in X, the
+        Hessian product, the preconditioner (solve, None) and the step map.
+        """
+        coef, s, u = self.coef, self._s, self._u
+        Yt = np.ascontiguousarray(Y.T)
+
+        def hv(P: Array) -> Array:
+            E = Y @ P
+            out = coef * E
+            out += np.outer(s * (E @ u), u)
+            out = Yt @ out
+            out += P.T
+            return out
+
+        diag = (Y * Y).T @ coef
+        # 2 x 2 blocks [[A, 1], [1, B]] (the 1 from the transposition; A, B > 0),
+        # = m I + h R with R a reflection: eigenvalues m + h > 0 and m - h.
+        # Away from a minimum m - h can be negative: the block is replaced by
+        # its absolute value (m - h -> |m - h|), and the small eigenvalue is
+        # kept at least PAIR_FLOOR (m + h), so the preconditioner is positive
+        # definite and never near-singular where the Hessian is not.
+        A, B = diag, diag.T
+        m = 0.5 * (A + B)
+        half = 0.5 * (A - B)
+        h = np.sqrt(half * half + 1.0)
+        big = m + h
+        small = np.maximum(np.abs(m - h), PAIR_FLOOR * big)
+        m2, h2 = 0.5 * (big + small), 0.5 * (big - small) / h
+        det = big * small
+        idx = np.arange(len(Y))
+        # Inverse of [[m2 + h2 half, h2], [h2, m2 - h2 half]] on the pair (jk, kj).
+        inv_b, inv_r = (m2 - h2 * half) / det, h2 / det
+        inv_diag = 1.0 / np.maximum(np.diagonal(diag) + 1.0, 1e-12)
+        inv_b[idx, idx] = inv_diag
+        inv_r[idx, idx] = 0.0
+
+        def pairs(R: Array) -> Array:
+            out = inv_b * R
+            out -= inv_r * R.T
+            return out
+
+        # The class-mean part X -> Ms X u u^T (Ms = Y^T diag(s) Y) is added
+        # exactly, by Woodbury: it has rank d, and its diagonal alone would
+        # overstate the curvature of every X with X u = 0 (the soft
+        # directions among them). With V y = y u^T and C = V^T P0^-1 V,
+        # (P0 + V Ms V^T)^-1 = P0^-1 - P0^-1 V (Ms^-1 + C)^-1 V^T P0^-1.
+        Ms = Yt @ (Y * s[:, None])
+        C = np.diag(inv_b @ (u * u)) - u[:, None] * inv_r * u
+        cap = Ms @ np.linalg.solve(np.eye(len(Y)) + C @ Ms, np.eye(len(Y)))  # (Ms^-1 + C)^-1
+
+        def solve(R: Array) -> Array:
+            out = pairs(R)
+            z = cap @ (out @ u)
+            out -= inv_b * np.outer(z, u)
+            out += inv_r * np.outer(u, z)
+            return out
+
+        return Yt @ grad, hv, solve
+
     def hessp(self, Y: Array, E: Array) -> Array:
         state = self._inverse(Y)
         assert state is not None
@@ -627,6 +733,7 @@ def _trust_region(
     stop=None,
     measure=None,
     retract=None,
+    local=None,
 ):
     """Trust-region Newton with truncated preconditioned conjugate gradients (Steihaug-Toint).
 
@@ -645,7 +752,11 @@ def _trust_region(
     gradient norm that convergence is judged on (default: the Euclidean norm
     of ``grad``; a change of variables makes them differ). ``stop(x, f,
     gnorm)``, if given, is asked after every accepted step and ends the run
-    early when it returns True.
+    early when it returns True. ``local(x, grad)``, if given, returns the
+    model at x in other coordinates: ``(grad_local, hv, solve, step)``, with
+    ``solve`` a preconditioner (None for none) and ``step(p)`` the point
+    reached by the local step p (``precond``, ``hessp`` and ``retract`` are
+    then not used).
     """
     measure = measure or (lambda x, grad: float(np.linalg.norm(grad)))
     x = np.array(x0, dtype=np.float64)
@@ -659,14 +770,27 @@ def _trust_region(
         if gnorm <= gtol:
             it -= 1
             break
-        M = precond(x) if precond is not None else (None, None)
-        inner = float(np.linalg.norm(grad))
-        floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
-        step, pred, step_norm = _steihaug(
-            lambda p, x=x: hessp(x, p), grad, radius, min(0.5, np.sqrt(gnorm)), *M, floor=floor
-        )
+        eta = min(0.5, np.sqrt(gnorm))
+        if local is not None:
+            grad_l, hv, solve, move = local(x, grad)
+            inner = float(np.linalg.norm(grad_l))
+            floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
+            if solve is None:
+                step, pred, step_norm = _steihaug_plain(hv, grad_l, radius, eta, floor)
+            else:
+                step, pred, step_norm = _steihaug_prec(hv, grad_l, radius, eta, solve, floor)
+        else:
+            M = precond(x) if precond is not None else (None, None)
+            inner = float(np.linalg.norm(grad))
+            floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
+            step, pred, step_norm = _steihaug(
+                lambda p, x=x: hessp(x, p), grad, radius, eta, *M, floor=floor
+            )
         with np.errstate(all="ignore"):  # a trial point may overflow: it is rejected
-            x_new = x + step if retract is None else retract(x, step)
+            if local is not None:
+                x_new = move(step)
+            else:
+                x_new = x + step if retract is None else retract(x, step)
             f_new, grad_new = fun(x_new)
         if not (np.isfinite(f_new) and np.isfinite(grad_new).all()):
             radius = 0.25 * step_norm
@@ -788,6 +912,58 @@ def _steihaug_plain(hv, grad: Array, radius: float, eta: float, floor: float):
         d -= r
     pred = -(float(grad @ p) + 0.5 * float(p @ Hp))
     return p, pred, float(np.sqrt(float(p @ p)))
+
+
+def _steihaug_prec(hv, grad: Array, radius: float, eta: float, solve, floor: float):
+    """:func:`_steihaug` with a preconditioner given by its ``solve`` only.
+
+    The trust region is ||p||_M <= radius; the M-norms follow the
+    preconditioned CG recurrences (Steihaug 1983; Conn, Gould and Toint,
+    Trust-Region Methods, 7.5.1): with z = M^-1 r, d'Md' = r'z' + beta^2 dMd,
+    pMd' = beta (pMd + alpha dMd), so M itself is never applied. CG stops
+    at a residual (Euclidean) of max(eta ||grad||, floor).
+    """
+    p = np.zeros_like(grad)
+    r = grad.copy()
+    z = solve(r)
+    d = -z
+    rz = float(np.vdot(r, z))
+    tol2 = max(eta * np.sqrt(float(np.vdot(r, r))), floor) ** 2
+    pp = pd = 0.0
+    dd = rz
+    radius2 = radius * radius
+    Hd = None
+    tau = None
+    for _ in range(grad.size + 1):
+        Hd = hv(d)
+        curv = float(np.vdot(d, Hd))
+        if curv > 0:
+            alpha = rz / curv
+            pp_next = pp + 2.0 * alpha * pd + alpha * alpha * dd
+        if curv <= 0 or pp_next >= radius2:
+            tau = (-pd + np.sqrt(max(pd * pd - dd * (pp - radius2), 0.0))) / dd
+            p += tau * d
+            pp = radius2
+            break
+        p += alpha * d
+        r += alpha * Hd
+        pp = pp_next
+        if float(np.vdot(r, r)) <= tol2:
+            break
+        z = solve(r)
+        rz_new = float(np.vdot(r, z))
+        beta = rz_new / rz
+        pd = beta * (pd + alpha * dd)
+        dd = rz_new + beta * beta * dd
+        rz = rz_new
+        d *= beta
+        d -= z
+    # H p = r - grad (r = grad + H p along CG), plus the boundary step's share.
+    Hp = r - grad
+    if tau is not None:
+        Hp = Hp + tau * Hd
+    pred = -(float(np.vdot(grad, p)) + 0.5 * float(np.vdot(p, Hp)))
+    return p, pred, float(np.sqrt(max(pp, 0.0)))
 
 
 def _to_boundary(p: Array, dvec: Array, Mp: Array, Md: Array, radius: float) -> float:
@@ -923,7 +1099,9 @@ def best_map(
     runs = []
     total_it = 0
     for g0 in starts:
-        g, value, gnorm, nit = block.newton(g0, SCREEN_ITER, max(gtol, SCREEN_GTOL))
+        g, value, gnorm, nit = block.newton(
+            g0, SCREEN_ITER, max(gtol, SCREEN_GTOL), precondition=SCREEN_PRECOND
+        )
         total_it += nit
         runs.append((value, gnorm, g))
         if value <= ZERO_KL:
