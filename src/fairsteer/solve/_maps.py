@@ -518,14 +518,20 @@ class MapBlock:
             return (X @ expm(E)).ravel()
 
         local = None
-        if kernel is not None and precondition:
+        if kernel is not None:
 
             def local(x: Array, grad: Array):
                 X = x.reshape(d, d)
-                grad_l, hv, solve = kernel.local(X, grad.reshape(d, d))
+                if precondition:
+                    grad_l, hv, solve = kernel.local(X, grad.reshape(d, d))
+                else:
+                    grad_l, hv, solve = kernel.plain(X, grad.reshape(d, d))
 
                 def move(P: Array) -> Array:
-                    # X exp(P): P is already the step relative to X.
+                    # X exp(P) (preconditioned: P is already relative to X)
+                    # or X exp(X^-1 P), as in ``retract``.
+                    if not precondition:
+                        P = kernel._inverse(X)[1].T @ P
                     if not np.isfinite(P).all() or np.abs(P).sum(axis=0).max() > 50.0:
                         return np.full_like(x, np.nan)
                     return (X @ expm(P)).ravel()
@@ -712,6 +718,25 @@ class _TwoClassKernel:
 
         return Yt @ grad, hv, solve
 
+    def plain(self, Y: Array, grad: Array):
+        """The Newton model at Y in Y itself: ``(grad, hv, None)`` (no preconditioner).
+
+        ``hv`` is :meth:`hessp` at a fixed Y, with the class-mean part in
+        its rank-one form (see :meth:`local`) and Y^-T computed once.
+        """
+        state = self._inverse(Y)
+        assert state is not None
+        Zt = state[1]
+        coef, s, u = self.coef, self._s, self._u
+
+        def hv(E: Array) -> Array:
+            out = coef * E
+            out += np.outer(s * (E @ u), u)
+            out += Zt @ (E.T @ Zt)
+            return out
+
+        return grad, hv, None
+
     def hessp(self, Y: Array, E: Array) -> Array:
         state = self._inverse(Y)
         assert state is not None
@@ -878,29 +903,29 @@ def _steihaug_plain(hv, grad: Array, radius: float, eta: float, floor: float):
     pd' = beta (pd + a dd), dd' = r'.r' + beta^2 dd. Vectors are updated in place.
     """
     p = np.zeros_like(grad)
-    Hp = np.zeros_like(grad)
     r = grad.copy()
     d = -r
-    rr = float(r @ r)
+    rr = float(np.vdot(r, r))
     tol2 = max(eta * np.sqrt(rr), floor) ** 2
     pp = pd = 0.0
     dd = rr
     radius2 = radius * radius
+    Hd = None
+    tau = None
     for _ in range(grad.size + 1):
         Hd = hv(d)
-        curv = float(d @ Hd)
+        curv = float(np.vdot(d, Hd))
         if curv > 0:
             alpha = rr / curv
             pp_next = pp + 2.0 * alpha * pd + alpha * alpha * dd
         if curv <= 0 or pp_next >= radius2:
             tau = (-pd + np.sqrt(max(pd * pd - dd * (pp - radius2), 0.0))) / dd
             p += tau * d
-            Hp += tau * Hd
             break
         p += alpha * d
-        Hp += alpha * Hd
-        r += alpha * Hd
-        rr_new = float(r @ r)
+        Hd *= alpha
+        r += Hd
+        rr_new = float(np.vdot(r, r))
         if rr_new <= tol2:
             break
         beta = rr_new / rr
@@ -910,8 +935,12 @@ def _steihaug_plain(hv, grad: Array, radius: float, eta: float, floor: float):
         rr = rr_new
         d *= beta
         d -= r
-    pred = -(float(grad @ p) + 0.5 * float(p @ Hp))
-    return p, pred, float(np.sqrt(float(p @ p)))
+    # H p = r - grad (r = grad + H p along CG), plus the boundary step's share.
+    Hp = r - grad
+    if tau is not None:
+        Hp += tau * Hd
+    pred = -(float(np.vdot(grad, p)) + 0.5 * float(np.vdot(p, Hp)))
+    return p, pred, float(np.sqrt(float(np.vdot(p, p))))
 
 
 def _steihaug_prec(hv, grad: Array, radius: float, eta: float, solve, floor: float):
