@@ -663,13 +663,16 @@ class _TwoClassKernel:
 
         where the class-mean part of phi is the rank-one s, u form of two
         classes (s = pi_1 pi_2 l_1 l_2, u = w_1 - w_2). A product still costs
-        two d x d products, and the preconditioner is the Hessian with the
-        matrices Y^T diag(l_i) Y replaced by their diagonals: 2 x 2 blocks
-        pairing X_jk with X_kj, solved in O(d^2). It halves the conjugate
-        gradient iterations of the ill-conditioned final Newton steps (the
-        soft directions are near-skew X, whose curvature is the small
-        difference of the two parts). Returns the gradient in X, the
-        Hessian product, the preconditioner (solve, None) and the step map.
+        two d x d products. The preconditioner is this Hessian with the
+        matrices Y^T diag(l_i) Y of the first part replaced by their
+        diagonals, 2 x 2 blocks pairing X_jk with X_kj, and the class-mean
+        part kept exact (Woodbury, rank d): O(d^3) once per Newton step,
+        O(d^2) per use. The soft directions are near-skew X, whose
+        curvature is the small difference of the two parts; at the d = 100
+        benchmark's minima the preconditioned spectrum spans ~3 decades
+        less than the Hessian's (about 20x fewer conjugate gradient
+        iterations). Returns the gradient in X, the Hessian product and the
+        preconditioner's solve.
         """
         coef, s, u = self.coef, self._s, self._u
         Yt = np.ascontiguousarray(Y.T)
