@@ -98,7 +98,8 @@ def per_class(repeat: int, d: int = 100) -> None:
     print(
         "  -- affirmative search (reference kept): "
         + "; ".join(
-            f"group {name} moves: {v['starts']} starts, {v['iterations']} Newton iterations"
+            f"group {name} moves: {v['starts']} starts, {v['iterations']} Newton iterations, "
+            f"{v['hessian_products']} Hessian products"
             for name, v in groups.items()
         )
     )

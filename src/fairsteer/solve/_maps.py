@@ -255,6 +255,7 @@ class MapResult:
     iterations: int
     starts: int
     start_values: list[float]
+    products: int = 0  # Hessian products of all Newton runs (SPD restriction included)
 
 
 class MapBlock:
@@ -294,6 +295,7 @@ class MapBlock:
         self._kernel: _TwoClassKernel | None = None
         self.frame: tuple[Array, Array] | None = None  # set by eigen_starts
         self._eigen: list[Array] | None = None
+        self.products = 0  # Hessian products of the Newton runs (diagnostics)
 
     # ---------------------------------------------------------- coordinates
     def to_standard(self, G: Array) -> Array:
@@ -461,6 +463,7 @@ class MapBlock:
             return symmetrize(self.hessp(to_g(X), to_g(D)) @ B.T).ravel()
 
         res = _trust_region(fun, hessp, np.eye(d).ravel(), max_iter, GTOL)
+        self.products += res.products
         g = to_g(symmetrize(res.x.reshape(d, d)))
         return g, float(res.fun)
 
@@ -558,6 +561,7 @@ class MapBlock:
             retract=retract,
             local=local,
         )
+        self.products += res.products
         g = to_g(res.x.reshape(d, d))
         value, grad = self.value_grad(g)
         gnorm = float(np.linalg.norm(grad)) if grad is not None else np.inf
@@ -799,10 +803,20 @@ def _trust_region(
     x = np.array(x0, dtype=np.float64)
     f, grad = fun(x)
     if not np.isfinite(f):
-        return _TRResult(x, f, np.inf, 0)
+        return _TRResult(x, f, np.inf, 0, 0)
     gnorm = measure(x, grad)
     radius = 1.0
     it = 0
+    products = 0
+
+    def counted(hv):
+        def hv_counted(p):
+            nonlocal products
+            products += 1
+            return hv(p)
+
+        return hv_counted
+
     for it in range(1, max_iter + 1):
         if gnorm <= gtol:
             it -= 1
@@ -810,6 +824,7 @@ def _trust_region(
         eta = min(0.5, np.sqrt(gnorm))
         if local is not None:
             grad_l, hv, solve, move = local(x, grad)
+            hv = counted(hv)
             inner = float(np.linalg.norm(grad_l))
             floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
             if solve is None:
@@ -821,7 +836,7 @@ def _trust_region(
             inner = float(np.linalg.norm(grad))
             floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
             step, pred, step_norm = _steihaug(
-                lambda p, x=x: hessp(x, p), grad, radius, eta, *M, floor=floor
+                counted(lambda p, x=x: hessp(x, p)), grad, radius, eta, *M, floor=floor
             )
         with np.errstate(all="ignore"):  # a trial point may overflow: it is rejected
             if local is not None:
@@ -850,7 +865,7 @@ def _trust_region(
                 break
         if radius < 1e-14:
             break
-    return _TRResult(x, f, gnorm, it)
+    return _TRResult(x, f, gnorm, it, products)
 
 
 @dataclass
@@ -859,6 +874,7 @@ class _TRResult:
     fun: float
     gnorm: float
     nit: int
+    products: int = 0  # Hessian products
 
 
 def _steihaug(
@@ -1198,4 +1214,5 @@ def best_map(
         iterations=total_it,
         starts=len(runs),
         start_values=[run[0] for run in runs],
+        products=block.products,
     )
