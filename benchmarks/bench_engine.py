@@ -94,6 +94,15 @@ def per_class(repeat: int, d: int = 100) -> None:
         "< 1 s",
         f"KL {aff.kl:.5f}, converged {aff.diagnostics['converged']}",
     )
+    groups = aff.diagnostics["groups"]
+    print(
+        "  -- affirmative search (reference kept): "
+        + "; ".join(
+            f"group {name} moves: {v['starts']} starts, {v['iterations']} Newton iterations, "
+            f"{v['hessian_products']} Hessian products"
+            for name, v in groups.items()
+        )
+    )
     t_all, sol = best_of(1, lambda: solve(model, "all-subgroups"))
     _line(
         "solve all-subgroups",
@@ -101,6 +110,12 @@ def per_class(repeat: int, d: int = 100) -> None:
         0,
         "< 5 s",
         f"KL {sol.kl:.5f}, converged {sol.diagnostics['converged']}",
+    )
+    runs = sol.diagnostics["runs"]
+    print(
+        "  -- all-subgroups descent (from the affirmative solutions): "
+        f"{sol.diagnostics['starts']} starts, {sum(r['sweeps'] for r in runs)} sweeps, "
+        f"{sum(r['newton_iterations'] for r in runs)} Newton iterations"
     )
 
 

@@ -64,6 +64,66 @@ def test_two_class_kernel_value_gradient_and_hessian(d):
     )
 
 
+@pytest.mark.parametrize("d", [1, 3, 6])
+def test_two_class_local_models(d):
+    """The Newton models of the two-class kernel: the plain one in Y, the one in X = Y^-1 E
+    with its preconditioner (exact inverse of a positive definite approximation)."""
+    pi, nu, Om, mu, S = _pair(2, d, seed=d)
+    kernel = _maps.MapBlock(pi, nu, Om, mu, S)._two_class()
+    rng = np.random.default_rng(1)
+    Y = kernel.to_y(np.eye(d) + 0.3 * rng.normal(size=(d, d)))
+    grad = kernel.value_grad(Y)[1]
+    E = rng.normal(size=(d, d))
+    # Two algebraic forms of the same products: round-off only (1e-10 relative).
+    g_plain, hv_plain, solve = kernel.plain(Y, grad)
+    assert solve is None and g_plain is grad
+    np.testing.assert_allclose(hv_plain(E), kernel.hessp(Y, E), rtol=1e-10, atol=1e-12)
+    g_local, hv_local, solve = kernel.local(Y, grad)
+    np.testing.assert_allclose(g_local, Y.T @ grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hv_local(E), Y.T @ kernel.hessp(Y, Y @ E), rtol=1e-10, atol=1e-12)
+    # The preconditioner as a dense matrix: symmetric positive definite (to
+    # round-off of its entries, ~1e-12 of their scale).
+    n = d * d
+    inv = np.stack([solve(e.reshape(d, d)).ravel() for e in np.eye(n)], axis=1)
+    np.testing.assert_allclose(inv, inv.T, rtol=1e-9, atol=1e-12 * np.abs(inv).max())
+    assert np.linalg.eigvalsh(0.5 * (inv + inv.T))[0] > 0
+
+
+def test_steihaug_preconditioned_steps():
+    """Preconditioned truncated CG: the Newton step inside ||p||_M <= radius, else the boundary."""
+    rng = np.random.default_rng(6)
+    n = 30
+    A = rng.normal(size=(n, n))
+    H = A @ A.T / n + 0.5 * np.eye(n)
+    Mdiag = rng.uniform(0.5, 2.0, n)  # an SPD (diagonal) preconditioner M
+    g = rng.normal(size=n)
+    newton = -np.linalg.solve(H, g)
+    m_norm = float(np.sqrt(newton @ (Mdiag * newton)))
+
+    def hv(v):
+        return H @ v
+
+    def solve(r):
+        return r / Mdiag
+
+    p, pred, norm = _maps._steihaug_prec(hv, g, 2 * m_norm, 1e-12, solve, 0.0)
+    # Residual 1e-12 of ||g|| on a system of condition ~10: ~1e-11 relative.
+    np.testing.assert_allclose(p, newton, rtol=1e-9, atol=1e-11)
+    # pred is the model decrease at p, from the CG residual (round-off, 1e-12).
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-12)
+    # The M-norm from the CG recurrences against the direct one (round-off).
+    assert norm == pytest.approx(m_norm, rel=1e-9)
+    p, pred, norm = _maps._steihaug_prec(hv, g, 0.1 * m_norm, 1e-12, solve, 0.0)
+    assert norm == pytest.approx(0.1 * m_norm, rel=1e-9)
+    assert float(np.sqrt(p @ (Mdiag * p))) == pytest.approx(0.1 * m_norm, rel=1e-9)
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-12) and pred > 0
+    # Negative curvature: to the boundary, and the model still decreases.
+    Hneg = H - 2 * np.linalg.eigvalsh(H)[-1] * np.eye(n)
+    p, pred, norm = _maps._steihaug_prec(lambda v: Hneg @ v, g, 1.0, 1e-12, solve, 0.0)
+    assert float(np.sqrt(p @ (Mdiag * p))) == pytest.approx(1.0, rel=1e-9)
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ Hneg @ p), rel=1e-12) and pred > 0
+
+
 def _moved(pi, nu, Om, mu, S, seed):
     """The same pair after affine maps x -> M x + b of the reference and of the group."""
     rng = np.random.default_rng(seed)

@@ -225,6 +225,7 @@ def per_class_reference(
             "objective": res.value,
             "starts": res.starts,
             "iterations": res.iterations,
+            "hessian_products": res.products,
             "start_values": res.start_values,
         }
     diagnostics = {
