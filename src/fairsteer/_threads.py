@@ -25,8 +25,9 @@ R = TypeVar("R")
 
 @functools.cache
 def _blas() -> Any:
-    """NumPy's BLAS libraries (a ``threadpoolctl`` controller, found once: ~1 ms)."""
-    import numpy  # noqa: F401  (loads the BLAS the products use)
+    """NumPy's and SciPy's BLAS libraries (a ``threadpoolctl`` controller, found once: ~1 ms)."""
+    import numpy  # noqa: F401  (load the BLAS libraries the products use)
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(user_api="blas")

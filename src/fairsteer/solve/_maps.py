@@ -104,9 +104,9 @@ def small_blas(d: int) -> AbstractContextManager:
     """
     if d > SMALL_BLAS_D:
         return nullcontext()
-    from threadpoolctl import threadpool_limits
+    from fairsteer._threads import one_blas_thread
 
-    return threadpool_limits(limits=1, user_api="blas")
+    return one_blas_thread()  # safe when solves in several threads overlap
 
 
 def parallel_map(fn, items: list) -> list:
