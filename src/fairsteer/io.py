@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import functools
 import importlib.util
 import io
 import os
@@ -701,9 +702,10 @@ class TableSource:
         Parameters
         ----------
         floats : sequence of str
-            Columns that the pyarrow CSV reader parses as float64 in its
-            prefetch thread (the features: the parse overlaps the caller's
-            work on the previous chunk). Such a column then holds float64
+            Columns that the pyarrow CSV reader parses as float64 in a
+            thread of its own (the features: the parse overlaps pyarrow's
+            read of the next block and the caller's work on the previous
+            chunk). Such a column then holds float64
             values, not its text, so it must be replaced when written. In a
             chunk with a cell that pyarrow does not take as a finite number
             the column stays text, so that :meth:`Chunk.floats` decides and
@@ -734,7 +736,17 @@ class TableSource:
             for stream in streams:
                 stream.stop()
 
-        return _prefetched(self._arrow_chunks(start, floats, labels, streams), on_stop=stop)
+        def parse(chunk: Chunk) -> Chunk:
+            for name in floats:
+                if not isinstance(chunk.columns[name], list):
+                    chunk.columns[name] = _finite_floats(chunk.columns[name])
+            return chunk
+
+        return _prefetched(
+            self._arrow_chunks(start, labels, streams),
+            on_stop=stop,
+            prepare=parse if floats else None,
+        )
 
     def _parquet_chunks(self, skip: int) -> Iterator[Chunk]:
         start = 0
@@ -794,14 +806,19 @@ class TableSource:
         return Chunk(self, start, len(rows), cols, lines)
 
     def _arrow_chunks(
-        self, skip: int, floats: list[str], labels: list[str], streams: list[_PacedFile]
+        self, skip: int, labels: list[str], streams: list[_PacedFile]
     ) -> Iterator[Chunk]:
-        """pyarrow's streaming reader, every column as text, then the ``floats`` cast.
+        """pyarrow's streaming reader, every column as text (``labels`` as dictionaries).
+
+        The features are not parsed here: pyarrow's streaming reader parses a
+        block only when asked for its batch, and converts its columns one
+        after the other, where parsing floats costs as much as splitting the
+        text into cells (2M rows of 5 features: 0.58 s read as float64, 0.32 s
+        as text). :meth:`chunks` casts them in another thread, while this one
+        asks pyarrow for the next block.
 
         A row longer than a block makes pyarrow fail: the read restarts with
-        larger blocks, skipping the rows already yielded. A ``floats`` column
-        with a cell that pyarrow does not parse as a finite number stays text
-        in that chunk (:func:`_finite_floats`). Any other
+        larger blocks, skipping the rows already yielded. Any other
         parse failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands
         over to the standard-library reader at the same row, which gives
         today's exact result or message.
@@ -814,12 +831,6 @@ class TableSource:
         while True:
             stream = _PacedFile(self.path, block)
             streams[:] = [stream]
-            # Every column as text: pyarrow's streaming reader converts a block's
-            # columns one after the other in a single thread, where parsing
-            # floats costs as much as splitting the text into cells; the casts
-            # below run in this (the prefetch) thread instead, beside the next
-            # block's parse (2M rows of 5 features: 0.58 s read as float64, 0.32 s
-            # as text, and the casts overlap it).
             types = {n: pa.string() for n in self.names}
             types.update({n: pa.dictionary(pa.int32(), pa.string()) for n in labels})
             reader = None
@@ -853,8 +864,6 @@ class TableSource:
                         # boundary splits: cells with a CR are read by csv instead.
                         yield from self._stdlib_chunks(done)
                         return
-                    for name in floats:
-                        cols[name] = _finite_floats(cols[name])
                     yield Chunk(self, done, batch.num_rows, cols)
                     done += batch.num_rows
                 return
@@ -1113,7 +1122,8 @@ def format_floats(values: NDArray[np.float64]) -> Any:
     if fix.size == 0:
         return text
     if fix.size > x.size // 16:  # many whole numbers: one vectorised pass for them
-        text = pc.if_else(_arrow(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+        dotted = pc.binary_join_element_wise(text, _scalar(".0"), _scalar(""))
+        text = pc.if_else(_arrow(whole), dotted, text)
         fix = np.flatnonzero(slow)
         if fix.size == 0:
             return text.cast(pa.string())
@@ -1157,14 +1167,32 @@ def _string_array(texts: Sequence[str]) -> Any:
     return pa.Array.from_buffers(kind, len(encoded), [None, pa.py_buffer(offsets), data])
 
 
+@functools.cache
+def _scalar(text: str) -> Any:
+    """A pyarrow string scalar (for compute functions) without importing pandas.
+
+    A Python ``str`` passed to a compute function, or ``pyarrow.scalar``,
+    first imports pandas to ask whether it is a pandas object: 0.3 s of a
+    short command.
+    """
+    return _string_array([text])[0]
+
+
 def _numpy(arr: Any) -> NDArray[Any]:
     """A pyarrow array without nulls as numpy (bool, int and float types), without pandas.
 
     ``Array.to_numpy`` imports pandas on its first call (0.3 s); the buffers
-    of a primitive array are read directly instead.
+    of a primitive array are read directly instead, and text (also as a
+    dictionary array) becomes the object array of Python strings (``None``
+    for null) that ``to_numpy`` gives.
     """
     pa = _pyarrow()
     t = arr.type
+    text = t.value_type if pa.types.is_dictionary(t) else t
+    if pa.types.is_string(text) or pa.types.is_large_string(text):
+        out = np.empty(len(arr), dtype=object)
+        out[:] = arr.to_pylist()
+        return out
     if arr.null_count == 0 and pa.types.is_boolean(t):
         bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
         return np.unpackbits(bits, bitorder="little")[arr.offset : arr.offset + len(arr)].view(
@@ -1203,7 +1231,9 @@ def _quote(col: Any) -> Any:
     needs = pc.match_substring_regex(col, pattern)
     if not pc.any(needs).as_py():
         return col
-    quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+    quoted = pc.binary_join_element_wise(
+        _scalar('"'), pc.replace_substring(col, '"', '""'), _scalar('"'), _scalar("")
+    )
     return pc.if_else(needs, quoted, col).cast(pa.string())
 
 
@@ -1341,8 +1371,8 @@ class TableWriter:
                 cols.append(_quote(_string_array(text[name][lo:hi])))
             else:
                 cols.append(_quote(_decoded(chunk.columns[name].slice(lo, hi - lo))))
-        cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
-        rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
+        cols[-1] = pc.binary_join_element_wise(cols[-1], _scalar("\n"), _scalar(""))
+        rows = pc.binary_join_element_wise(*cols, _scalar(",")) if len(cols) > 1 else cols[0]
         return rows.cast(pa.string())
 
     def _write_parquet(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
@@ -1402,21 +1432,29 @@ class TableWriter:
 
 
 def _prefetched(
-    chunks: Iterator[Chunk], depth: int = 1, on_stop: Callable[[], None] | None = None
+    chunks: Iterator[Chunk],
+    depth: int = 1,
+    on_stop: Callable[[], None] | None = None,
+    prepare: Callable[[Chunk], Chunk] | None = None,
 ) -> Iterator[Chunk]:
     """``chunks``, read ahead by ``depth`` chunks in a background thread.
 
     pyarrow's readers release the GIL, so reading and parsing the next chunk
     overlaps the caller's work on this one; memory grows by ``depth`` chunks.
-    An error of the reader is raised here, at the chunk where it happened; a
-    caller that stops early stops the reader (``on_stop`` is called first, to
-    end a read the reader thread may be waiting for).
+    ``prepare`` (if given) runs on every chunk in a third thread, in order,
+    while the reader thread reads the next one (``depth`` chunks queued, one
+    being prepared). An error of the reader or of ``prepare`` is raised
+    here, at the chunk where it happened; a caller that stops early stops the
+    reader (``on_stop`` is called first, to end a read the reader thread may
+    be waiting for).
     """
     import queue
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    worker = ThreadPoolExecutor(1, thread_name_prefix="fairsteer-parse") if prepare else None
 
     def put(item: tuple[str, Any]) -> bool:
         while not stop.is_set():
@@ -1430,7 +1468,8 @@ def _prefetched(
     def produce() -> None:
         try:
             for chunk in chunks:
-                if not put(("chunk", chunk)):
+                item = worker.submit(prepare, chunk) if worker and prepare else chunk
+                if not put(("chunk", item)):
                     return
             put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
@@ -1445,12 +1484,14 @@ def _prefetched(
                 return
             if kind == "error":
                 raise item
-            yield item
+            yield item.result() if worker else item
     finally:
         stop.set()
         if on_stop is not None:
             on_stop()
         thread.join()
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
