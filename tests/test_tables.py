@@ -559,7 +559,7 @@ def test_label_codes_of_dictionary_chunks_match_the_csv_module(tmp_path, chunks,
             codes = [[], []]
             for chunk in source.chunks(labels=["sex", "label"]):
                 if engine == "pyarrow":
-                    assert pa.types.is_dictionary(chunk.columns["sex"].type)
+                    assert pa.types.is_dictionary(chunk._dictionaries["sex"].type)
                 for k, coder in enumerate(coders):
                     codes[k] += coder.encode(chunk, grow=grow).tolist()
             passes.append(codes)

@@ -42,6 +42,7 @@ from fairsteer.files import atomic_output, write_atomic
 __all__ = [
     "CellValues",
     "Chunk",
+    "ChunkStream",
     "LabelCoder",
     "Table",
     "TableSource",
@@ -406,6 +407,9 @@ class Chunk:
     # pyarrow's parse of each CSV text column (None: Python must decide), kept
     # because the default features parse every column twice on the first chunk.
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Dictionary arrays of the label columns (group, class), made by the reader's
+    # parse thread (pyarrow); the columns themselves keep their type.
+    _dictionaries: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def where(self, k: int) -> str:
         """``"row r (line l)"`` of row ``k`` of the chunk (1-based data row, file line for CSV)."""
@@ -512,6 +516,41 @@ class Chunk:
         return _bad_cell_message(name, raw, self.where, f"in rows {self.start + 1}-{last}")
 
 
+class ChunkStream(Iterator[Chunk]):
+    """The chunks of one pass over a table (:meth:`TableSource.chunks`), in file order.
+
+    An iterator with :meth:`close` (stop reading early) and :meth:`parse`.
+    """
+
+    def __init__(
+        self, source: TableSource, chunks: Iterator[Chunk], floats: Sequence[str] = ()
+    ) -> None:
+        self.source, self.chunks = source, chunks
+        self.floats = tuple(floats)
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self.chunks)
+
+    def parse(self, floats: Sequence[str]) -> None:
+        """Parse these columns too as float64 in the reader's thread, in the chunks not yet read.
+
+        As ``floats`` of :meth:`TableSource.chunks`, for the chunks that the
+        reader has not prepared yet (the features, once the first chunk has
+        decided them); a chunk read before keeps them as text, which
+        :meth:`Chunk.floats` parses.
+        """
+        self.floats = tuple(n for n in self.source.names if n in floats)
+
+    def close(self) -> None:
+        """Stop reading (a reader thread stops, its file is closed)."""
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class LabelCoder:
     """Integer codes of the group or class labels of a table, consistent across chunks.
 
@@ -551,7 +590,7 @@ class LabelCoder:
             For an empty, null or NaN cell (row named), or, with ``grow=False``,
             a label not seen before.
         """
-        col = chunk.columns[self.name]
+        col = chunk._dictionaries.get(self.name, chunk.columns[self.name])
         if not isinstance(col, list) and col.null_count:
             k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(
@@ -559,13 +598,13 @@ class LabelCoder:
                 f"row needs a {self.what}: fill or drop that row"
             )
         if not isinstance(col, list) and _pyarrow().types.is_dictionary(col.type):
-            # A CSV column read as a dictionary array whose entries are all labels
-            # seen before (every chunk after the first, usually): one lookup per
-            # entry and one take, instead of ordering the entries by first use.
-            codes = [self._index.get(self._key(v)) for v in col.dictionary.to_pylist()]
+            # A dictionary array whose entries are all labels seen before (every
+            # chunk after the first, usually): one lookup per entry and one take,
+            # instead of ordering the entries by first use.
+            codes = [self._index.get(self._key(v)) for v in self._entries(col.dictionary)]
             if None not in codes:
                 return np.array(codes, dtype=np.intp)[_numpy(col.indices)]
-        uniques, local = self._distinct(chunk)
+        uniques, local = self._distinct(col)
         lut = np.empty(len(uniques), dtype=np.intp)
         bad = [u for u, v in enumerate(uniques) if _cell_kind(v) in ("missing", "nonfinite")]
         if bad:
@@ -586,25 +625,28 @@ class LabelCoder:
             lut[u] = code
         return lut[local]
 
-    def _distinct(self, chunk: Chunk) -> tuple[list[Any], NDArray[np.intp]]:
-        """Distinct cells in order of first appearance, and the index of every row's cell."""
-        col = chunk.columns[self.name]
+    def _entries(self, values: Any) -> list[Any]:
+        """A pyarrow array's values as labels: CSV text, Parquet values as numpy gives them.
+
+        (Parquet as :meth:`Table.labels`.)
+        """
+        if self.source.kind == "csv":
+            return values.to_pylist()  # type: ignore[no-any-return]
+        return [_py_value(v) for v in np.asarray(_numpy(values))]
+
+    def _distinct(self, col: Any) -> tuple[list[Any], NDArray[np.intp]]:
+        """Distinct cells in order of first appearance, and the index of every row's cell.
+
+        ``col`` has no nulls.
+        """
         if isinstance(col, list):
             seen: dict[str, int] = {}
             local = np.fromiter((seen.setdefault(v, len(seen)) for v in col), np.intp, len(col))
             return list(seen), local
-        if self.source.kind == "csv":
-            if _pyarrow().types.is_dictionary(col.type):  # read as a dictionary array
-                return _used_entries(col.dictionary.to_pylist(), _numpy(col.indices))
-            enc = _pyarrow_compute().dictionary_encode(col)
-            return enc.dictionary.to_pylist(), _numpy(enc.indices).astype(np.intp)
-        # Parquet (no nulls): the values as numpy gives them, as Table.labels.
-        pa, pc = _pyarrow(), _pyarrow_compute()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        enc = pc.dictionary_encode(col)
-        values = np.asarray(_numpy(enc.dictionary))
-        return [_py_value(v) for v in values], _numpy(enc.indices).astype(np.intp)
+        if _pyarrow().types.is_dictionary(col.type):
+            return _used_entries(self._entries(col.dictionary), _numpy(col.indices))
+        enc = _pyarrow_compute().dictionary_encode(col)
+        return self._entries(enc.dictionary), _numpy(enc.indices).astype(np.intp)
 
     def sorted_labels(self) -> tuple[Hashable, ...]:
         """The labels in sorted order (the order of a one-shot fit)."""
@@ -616,6 +658,16 @@ class LabelCoder:
         rank = np.empty(len(order), dtype=np.intp)
         rank[order] = np.arange(len(order))
         return rank[codes]
+
+
+def _encode_labels(chunk: Chunk, names: Sequence[str]) -> Chunk:
+    """The dictionary arrays of the label columns ``names`` of a pyarrow chunk (for LabelCoder)."""
+    pa, pc = _pyarrow(), _pyarrow_compute()
+    for name in names:
+        col = chunk.columns[name]
+        if not pa.types.is_dictionary(col.type):
+            chunk._dictionaries[name] = pc.dictionary_encode(col)
+    return chunk
 
 
 def _used_entries(values: list[Any], indices: NDArray[Any]) -> tuple[list[Any], NDArray[np.intp]]:
@@ -696,7 +748,7 @@ class TableSource:
 
     def chunks(
         self, floats: Sequence[str] = (), start: int = 0, labels: Sequence[str] = ()
-    ) -> Iterator[Chunk]:
+    ) -> ChunkStream:
         """The data rows, chunk after chunk, in file order.
 
         Parameters
@@ -710,13 +762,14 @@ class TableSource:
             chunk with a cell that pyarrow does not take as a finite number
             the column stays text, so that :meth:`Chunk.floats` decides and
             words any error as for text. Ignored by the standard-library and
-            Parquet readers.
+            Parquet readers. :meth:`ChunkStream.parse` names them later.
         start : int
             Index of the first data row to yield (the rows before it are read
             and checked, not yielded).
         labels : sequence of str
-            Columns with few distinct values (group and class) that pyarrow's
-            CSV reader may read as dictionary arrays of their text.
+            Columns with few distinct values (group and class) that the
+            pyarrow readers dictionary-encode in a thread of their own, for
+            :class:`LabelCoder` (the columns keep their type).
 
         Raises
         ------
@@ -725,28 +778,33 @@ class TableSource:
             named), text that is not UTF-8.
         """
         if self.kind == "parquet":
-            return _prefetched(self._parquet_chunks(start))
+            names = [n for n in self.names if n in labels]
+            prepare = (lambda chunk: _encode_labels(chunk, names)) if names else None
+            return ChunkStream(self, _prefetched(self._parquet_chunks(start), prepare=prepare))
         if self.engine == "stdlib":
-            return self._stdlib_chunks(start)
-        floats = [n for n in self.names if n in floats]
-        labels = [n for n in self.names if n in labels and n not in floats]
+            return ChunkStream(self, self._stdlib_chunks(start))
+        stream = ChunkStream(self, iter(()), [n for n in self.names if n in floats])
+        labels = [n for n in self.names if n in labels and n not in stream.floats]
         streams: list[_PacedFile] = []
 
         def stop() -> None:  # a caller that stops early: pyarrow's reads end at once
-            for stream in streams:
-                stream.stop()
+            for paced in streams:
+                paced.stop()
 
         def parse(chunk: Chunk) -> Chunk:
+            # pyarrow converts a block's columns one after the other in the thread
+            # that reads it (2M rows of 5 features: 0.58 s read as float64, 0.32 s
+            # as text): the casts and the dictionaries are made here instead.
+            if any(isinstance(c, list) for c in chunk.columns.values()):
+                return chunk  # the csv module's text (a fallback): Chunk decides
+            floats = stream.floats  # a tuple, replaced (not changed) by parse()
             for name in floats:
-                if not isinstance(chunk.columns[name], list):
+                if name not in labels:
                     chunk.columns[name] = _finite_floats(chunk.columns[name])
-            return chunk
+            return _encode_labels(chunk, labels)
 
-        return _prefetched(
-            self._arrow_chunks(start, labels, streams),
-            on_stop=stop,
-            prepare=parse if floats else None,
-        )
+        stream.chunks = _prefetched(self._arrow_chunks(start, streams), on_stop=stop, prepare=parse)
+        return stream
 
     def _parquet_chunks(self, skip: int) -> Iterator[Chunk]:
         start = 0
@@ -805,10 +863,8 @@ class TableSource:
         cols = {name: [r[j] for r in rows] for j, name in enumerate(self.names)}
         return Chunk(self, start, len(rows), cols, lines)
 
-    def _arrow_chunks(
-        self, skip: int, labels: list[str], streams: list[_PacedFile]
-    ) -> Iterator[Chunk]:
-        """pyarrow's streaming reader, every column as text (``labels`` as dictionaries).
+    def _arrow_chunks(self, skip: int, streams: list[_PacedFile]) -> Iterator[Chunk]:
+        """pyarrow's streaming reader, every column as text.
 
         The features are not parsed here: pyarrow's streaming reader parses a
         block only when asked for its batch, and converts its columns one
@@ -832,7 +888,6 @@ class TableSource:
             stream = _PacedFile(self.path, block)
             streams[:] = [stream]
             types = {n: pa.string() for n in self.names}
-            types.update({n: pa.dictionary(pa.int32(), pa.string()) for n in labels})
             reader = None
             try:
                 reader = pcsv.open_csv(
@@ -858,8 +913,7 @@ class TableSource:
                     cols = {name: batch.column(j) for j, name in enumerate(self.names)}
                     # stream.cr: a carriage return in the bytes read so far, which
                     # hold this batch's rows (no cell scan for the usual LF file)
-                    text = [c.dictionary if name in labels else c for name, c in cols.items()]
-                    if stream.cr and any(_has_substring(c, "\r") for c in text):
+                    if stream.cr and any(_has_substring(c, "\r") for c in cols.values()):
                         # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
                         # boundary splits: cells with a CR are read by csv instead.
                         yield from self._stdlib_chunks(done)
