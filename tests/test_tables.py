@@ -463,6 +463,21 @@ def test_csv_read_ahead_is_bounded(chunks, tmp_path, monkeypatch):
     assert max(ahead) < fio.READ_AHEAD + 1
 
 
+def test_paced_file_widens_its_window_after_a_stall(tmp_path, monkeypatch):
+    """A reader that needs many blocks before its next batch waits log2(n) times, not n."""
+    monkeypatch.setattr(fio, "STALL_SECONDS", 0.01)
+    data = tmp_path / "d.bin"
+    data.write_bytes(bytes(64 * 100))
+    paced = fio._PacedFile(data, 100)
+    try:
+        got = b"".join(paced.read(100) for _ in range(64))  # no batch is ever taken
+    finally:
+        paced.close()
+    assert got == bytes(64 * 100)
+    # READ_AHEAD (2) blocks free, then windows of 4, 8, 16, 32, 64 blocks: 5 waits
+    assert paced.stalls == 5
+
+
 @pytest.mark.parametrize("source", ["csv", "lf-csv", "parquet"])
 def test_rows_formatted_in_parts_keep_the_output(tmp_path, capsys, chunks, monkeypatch, source):
     """A chunk's rows formatted by several threads, in parts of any size: today's bytes."""

@@ -959,8 +959,9 @@ class _PacedFile(io.RawIOBase):
     the batches taken (:meth:`taken`) are in memory; a batch needs its own
     block and at most the next one, so the reader can always make the next
     batch (no test run ever waited out the timeout). Should pyarrow need
-    more, a wait of :data:`STALL_SECONDS` lets one more block through:
-    slower and more memory, never a deadlock.
+    more, a wait of :data:`STALL_SECONDS` lets a read through and doubles
+    the blocks allowed ahead from then on: slower and more memory, never a
+    deadlock, and a need of n more blocks costs log2(n) waits, not n.
     Also notes whether any byte read was a carriage return (``cr``).
 
     Plain reads, not a memory map: the pages of a mapped file count in the
@@ -974,6 +975,8 @@ class _PacedFile(io.RawIOBase):
         self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
         self._cond = threading.Condition()
         self._block, self._taken, self._read = block, 0, 0
+        self._ahead = READ_AHEAD  # blocks read beyond those taken (doubled by each stall)
+        self.stalls = 0
         self._stopped = False
         self._in_flight, self._last_call, self._at_end = 0, 0.0, False
         self._early = False  # stopped before pyarrow read to the end
@@ -1002,12 +1005,16 @@ class _PacedFile(io.RawIOBase):
 
     def _paced_read(self, size: int) -> bytes:
         with self._cond:
-            limit = (self._taken + READ_AHEAD) * self._block
-            if not self._stopped and self._read >= limit:
-                self._cond.wait_for(
-                    lambda: self._stopped or self._read < (self._taken + READ_AHEAD) * self._block,
-                    timeout=STALL_SECONDS,
-                )
+
+            def free() -> bool:
+                return self._stopped or self._read < (self._taken + self._ahead) * self._block
+
+            if not free() and not self._cond.wait_for(free, timeout=STALL_SECONDS):
+                # pyarrow needs more blocks than allowed to make its next batch: let
+                # twice as many through from now on, so that such a need costs a few
+                # waits, not one per block (once seen: 15 min for a 2M-row fit)
+                self._ahead *= 2
+                self.stalls += 1
             if self._stopped:  # closed: the end of the file, so pyarrow stops reading
                 return b""
         data = self._fh.read(size)
