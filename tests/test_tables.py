@@ -463,6 +463,21 @@ def test_csv_read_ahead_is_bounded(chunks, tmp_path, monkeypatch):
     assert max(ahead) < fio.READ_AHEAD + 1
 
 
+def test_paced_file_widens_its_window_after_a_stall(tmp_path, monkeypatch):
+    """A reader that needs many blocks before its next batch waits log2(n) times, not n."""
+    monkeypatch.setattr(fio, "STALL_SECONDS", 0.01)
+    data = tmp_path / "d.bin"
+    data.write_bytes(bytes(64 * 100))
+    paced = fio._PacedFile(data, 100)
+    try:
+        got = b"".join(paced.read(100) for _ in range(64))  # no batch is ever taken
+    finally:
+        paced.close()
+    assert got == bytes(64 * 100)
+    # READ_AHEAD (2) blocks free, then windows of 4, 8, 16, 32, 64 blocks: 5 waits
+    assert paced.stalls == 5
+
+
 @pytest.mark.parametrize("source", ["csv", "lf-csv", "parquet"])
 def test_rows_formatted_in_parts_keep_the_output(tmp_path, capsys, chunks, monkeypatch, source):
     """A chunk's rows formatted by several threads, in parts of any size: today's bytes."""
@@ -532,6 +547,82 @@ def test_parquet_row_groups_gather_chunks(tmp_path, capsys, chunks, monkeypatch)
         assert sizes == want
         tables[rows] = pq.read_table(out)
     assert tables[1].equals(tables[10])
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_label_codes_of_dictionary_chunks_match_the_csv_module(tmp_path, chunks, tiny):
+    """Labels read as dictionary arrays (known entries: one take) code as the csv module's lists.
+
+    "1.0" first appears in a later chunk than "1" (one label), and a label first
+    seen late gets the next code; a second pass (grow=False) gives the same
+    codes and refuses a label the first pass did not see.
+    """
+    data = tmp_path / "d.csv"
+    lf_csv(data, n=200)
+    lines = data.read_text().split("\n")
+    lines[120:] = [r.replace(",1,", ",1.0,") for r in lines[120:]]
+    late = next(k for k in range(170, len(lines)) if ",f," in lines[k])
+    lines[late] = lines[late].replace(",f,", ",x,")  # group "x" first seen in a late row
+    data.write_text("\n".join(lines))
+    got = {}
+    for engine in ENGINES:
+        chunks(engine, tiny)
+        source = fio.open_table(data)
+        coders = [fio.LabelCoder(source, n, w) for n, w in (("sex", "group"), ("label", "class"))]
+        passes = []
+        for grow in (True, False):
+            codes = [[], []]
+            for chunk in source.chunks(labels=["sex", "label"]):
+                if engine == "pyarrow":
+                    assert pa.types.is_dictionary(chunk._dictionaries["sex"].type)
+                for k, coder in enumerate(coders):
+                    codes[k] += coder.encode(chunk, grow=grow).tolist()
+            passes.append(codes)
+        assert passes[0] == passes[1]
+        got[engine] = (passes[0], [c.labels for c in coders])
+    assert got["pyarrow"] == got["stdlib"]
+    groups, classes = got["pyarrow"][1]
+    assert sorted(groups[:2]) == ["f", "m"] and groups[2] == "x"
+    assert sorted(classes) == ["0", "1"]  # "1.0" is the label "1"
+    chunks("pyarrow", tiny)
+    source = fio.open_table(data)
+    coder = fio.LabelCoder(source, "sex", "group")
+    first = [coder.encode(c) for c in source.chunks(labels=["sex"])]
+    assert sum(len(c) for c in first) == 200
+    coder.labels.remove("x")
+    del coder._index[coder._key("x")]  # as if the first pass had not seen it
+    with pytest.raises(fio.InputError, match="changed while it was being read"):
+        for chunk in source.chunks(labels=["sex"]):
+            coder.encode(chunk, grow=False)
+
+
+def test_fit_and_steer_do_not_import_pandas(tmp_path):
+    """pyarrow imports pandas for a Python str passed to a compute function (0.3 s): never here."""
+    pytest.importorskip("pandas")  # only meaningful where pandas could be imported
+    csv_data, pq_data = tmp_path / "d.csv", tmp_path / "d.parquet"
+    lf_csv(csv_data, n=300)
+    write_parquet(pq_data)
+    script = textwrap.dedent(
+        """
+        import sys
+        from fairsteer.cli import main
+        for data in sys.argv[1:]:
+            args = [data, "--group", "sex", "--label", "label"]
+            assert main(["fit", *args, "-o", data + ".json"]) == 0
+            for suffix in ("csv", "parquet"):
+                assert main(["steer", *args, "-o", f"{data}.out.{suffix}"]) == 0
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(csv_data), str(pq_data)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_used_dictionary_entries_in_order_of_first_use():

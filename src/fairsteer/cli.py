@@ -224,15 +224,6 @@ def family_sample_rows(args: Any) -> int:
     return check_sample_rows(RESERVOIR_ROWS if size is None else size)
 
 
-def _more_than_a_chunk(source: Any) -> bool:
-    """Whether a CSV file read by pyarrow spans more than two chunks."""
-    from fairsteer import io
-
-    if source.kind != "csv" or source.engine != "pyarrow":
-        return False
-    return os.path.getsize(source.path) > 2 * io.CHUNK_BYTES
-
-
 def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> FitPass:
     """Fit the model named by the data arguments of ``fit`` and ``steer``, chunk by chunk.
 
@@ -291,11 +282,8 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
                         raise InputError(
                             "no numeric feature columns found; name them with --features"
                         )
-                    if _more_than_a_chunk(source):
-                        # Read the rest with the features parsed by the reader: the
-                        # first chunk is read twice, every later one faster.
-                        chunks.close()  # type: ignore[attr-defined]
-                        chunks = source.chunks(floats=features, start=chunk.n_rows, labels=labels)
+                    # the reader parses them in its own thread from now on
+                    chunks.parse(features)
                 span = FeatureRange(len(features))
             X = chunk_features(chunk, features, args)
         except InputError as exc:

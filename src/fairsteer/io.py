@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import functools
 import importlib.util
 import io
 import os
@@ -41,6 +42,7 @@ from fairsteer.files import atomic_output, write_atomic
 __all__ = [
     "CellValues",
     "Chunk",
+    "ChunkStream",
     "LabelCoder",
     "Table",
     "TableSource",
@@ -405,6 +407,9 @@ class Chunk:
     # pyarrow's parse of each CSV text column (None: Python must decide), kept
     # because the default features parse every column twice on the first chunk.
     _parsed: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Dictionary arrays of the label columns (group, class), made by the reader's
+    # parse thread (pyarrow); the columns themselves keep their type.
+    _dictionaries: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def where(self, k: int) -> str:
         """``"row r (line l)"`` of row ``k`` of the chunk (1-based data row, file line for CSV)."""
@@ -511,6 +516,41 @@ class Chunk:
         return _bad_cell_message(name, raw, self.where, f"in rows {self.start + 1}-{last}")
 
 
+class ChunkStream(Iterator[Chunk]):
+    """The chunks of one pass over a table (:meth:`TableSource.chunks`), in file order.
+
+    An iterator with :meth:`close` (stop reading early) and :meth:`parse`.
+    """
+
+    def __init__(
+        self, source: TableSource, chunks: Iterator[Chunk], floats: Sequence[str] = ()
+    ) -> None:
+        self.source, self.chunks = source, chunks
+        self.floats = tuple(floats)
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self.chunks)
+
+    def parse(self, floats: Sequence[str]) -> None:
+        """Parse these columns too as float64 in the reader's thread, in the chunks not yet read.
+
+        As ``floats`` of :meth:`TableSource.chunks`, for the chunks that the
+        reader has not prepared yet (the features, once the first chunk has
+        decided them); a chunk read before keeps them as text, which
+        :meth:`Chunk.floats` parses.
+        """
+        self.floats = tuple(n for n in self.source.names if n in floats)
+
+    def close(self) -> None:
+        """Stop reading (a reader thread stops, its file is closed)."""
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class LabelCoder:
     """Integer codes of the group or class labels of a table, consistent across chunks.
 
@@ -550,14 +590,21 @@ class LabelCoder:
             For an empty, null or NaN cell (row named), or, with ``grow=False``,
             a label not seen before.
         """
-        col = chunk.columns[self.name]
+        col = chunk._dictionaries.get(self.name, chunk.columns[self.name])
         if not isinstance(col, list) and col.null_count:
             k = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise InputError(
                 f"column {self.name!r} {chunk.where(k)} has no {self.what} (empty); every "
                 f"row needs a {self.what}: fill or drop that row"
             )
-        uniques, local = self._distinct(chunk)
+        if not isinstance(col, list) and _pyarrow().types.is_dictionary(col.type):
+            # A dictionary array whose entries are all labels seen before (every
+            # chunk after the first, usually): one lookup per entry and one take,
+            # instead of ordering the entries by first use.
+            codes = [self._index.get(self._key(v)) for v in self._entries(col.dictionary)]
+            if None not in codes:
+                return np.array(codes, dtype=np.intp)[_numpy(col.indices)]
+        uniques, local = self._distinct(col)
         lut = np.empty(len(uniques), dtype=np.intp)
         bad = [u for u, v in enumerate(uniques) if _cell_kind(v) in ("missing", "nonfinite")]
         if bad:
@@ -578,25 +625,28 @@ class LabelCoder:
             lut[u] = code
         return lut[local]
 
-    def _distinct(self, chunk: Chunk) -> tuple[list[Any], NDArray[np.intp]]:
-        """Distinct cells in order of first appearance, and the index of every row's cell."""
-        col = chunk.columns[self.name]
+    def _entries(self, values: Any) -> list[Any]:
+        """A pyarrow array's values as labels: CSV text, Parquet values as numpy gives them.
+
+        (Parquet as :meth:`Table.labels`.)
+        """
+        if self.source.kind == "csv":
+            return values.to_pylist()  # type: ignore[no-any-return]
+        return [_py_value(v) for v in np.asarray(_numpy(values))]
+
+    def _distinct(self, col: Any) -> tuple[list[Any], NDArray[np.intp]]:
+        """Distinct cells in order of first appearance, and the index of every row's cell.
+
+        ``col`` has no nulls.
+        """
         if isinstance(col, list):
             seen: dict[str, int] = {}
             local = np.fromiter((seen.setdefault(v, len(seen)) for v in col), np.intp, len(col))
             return list(seen), local
-        if self.source.kind == "csv":
-            if _pyarrow().types.is_dictionary(col.type):  # read as a dictionary array
-                return _used_entries(col.dictionary.to_pylist(), _numpy(col.indices))
-            enc = _pyarrow_compute().dictionary_encode(col)
-            return enc.dictionary.to_pylist(), _numpy(enc.indices).astype(np.intp)
-        # Parquet (no nulls): the values as numpy gives them, as Table.labels.
-        pa, pc = _pyarrow(), _pyarrow_compute()
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        enc = pc.dictionary_encode(col)
-        values = np.asarray(_numpy(enc.dictionary))
-        return [_py_value(v) for v in values], _numpy(enc.indices).astype(np.intp)
+        if _pyarrow().types.is_dictionary(col.type):
+            return _used_entries(self._entries(col.dictionary), _numpy(col.indices))
+        enc = _pyarrow_compute().dictionary_encode(col)
+        return self._entries(enc.dictionary), _numpy(enc.indices).astype(np.intp)
 
     def sorted_labels(self) -> tuple[Hashable, ...]:
         """The labels in sorted order (the order of a one-shot fit)."""
@@ -608,6 +658,16 @@ class LabelCoder:
         rank = np.empty(len(order), dtype=np.intp)
         rank[order] = np.arange(len(order))
         return rank[codes]
+
+
+def _encode_labels(chunk: Chunk, names: Sequence[str]) -> Chunk:
+    """The dictionary arrays of the label columns ``names`` of a pyarrow chunk (for LabelCoder)."""
+    pa, pc = _pyarrow(), _pyarrow_compute()
+    for name in names:
+        col = chunk.columns[name]
+        if not pa.types.is_dictionary(col.type):
+            chunk._dictionaries[name] = pc.dictionary_encode(col)
+    return chunk
 
 
 def _used_entries(values: list[Any], indices: NDArray[Any]) -> tuple[list[Any], NDArray[np.intp]]:
@@ -688,25 +748,28 @@ class TableSource:
 
     def chunks(
         self, floats: Sequence[str] = (), start: int = 0, labels: Sequence[str] = ()
-    ) -> Iterator[Chunk]:
+    ) -> ChunkStream:
         """The data rows, chunk after chunk, in file order.
 
         Parameters
         ----------
         floats : sequence of str
-            Columns that pyarrow's CSV reader may parse as float64 while it
-            reads (the features: faster than text then a cast). Such a column
-            then holds float64 values, not its text, so it must be replaced
-            when written. From a chunk with a cell that pyarrow does not take
-            as a finite number on, every column is read as text again, so that
-            :meth:`Chunk.floats` decides and words any error as for text.
-            Ignored by the standard-library and Parquet readers.
+            Columns that the pyarrow CSV reader parses as float64 in a
+            thread of its own (the features: the parse overlaps pyarrow's
+            read of the next block and the caller's work on the previous
+            chunk). Such a column then holds float64
+            values, not its text, so it must be replaced when written. In a
+            chunk with a cell that pyarrow does not take as a finite number
+            the column stays text, so that :meth:`Chunk.floats` decides and
+            words any error as for text. Ignored by the standard-library and
+            Parquet readers. :meth:`ChunkStream.parse` names them later.
         start : int
             Index of the first data row to yield (the rows before it are read
             and checked, not yielded).
         labels : sequence of str
-            Columns with few distinct values (group and class) that pyarrow's
-            CSV reader may read as dictionary arrays of their text.
+            Columns with few distinct values (group and class) that the
+            pyarrow readers dictionary-encode in a thread of their own, for
+            :class:`LabelCoder` (the columns keep their type).
 
         Raises
         ------
@@ -715,18 +778,33 @@ class TableSource:
             named), text that is not UTF-8.
         """
         if self.kind == "parquet":
-            return _prefetched(self._parquet_chunks(start))
+            names = [n for n in self.names if n in labels]
+            prepare = (lambda chunk: _encode_labels(chunk, names)) if names else None
+            return ChunkStream(self, _prefetched(self._parquet_chunks(start), prepare=prepare))
         if self.engine == "stdlib":
-            return self._stdlib_chunks(start)
-        floats = [n for n in self.names if n in floats]
-        labels = [n for n in self.names if n in labels and n not in floats]
+            return ChunkStream(self, self._stdlib_chunks(start))
+        stream = ChunkStream(self, iter(()), [n for n in self.names if n in floats])
+        labels = [n for n in self.names if n in labels and n not in stream.floats]
         streams: list[_PacedFile] = []
 
         def stop() -> None:  # a caller that stops early: pyarrow's reads end at once
-            for stream in streams:
-                stream.stop()
+            for paced in streams:
+                paced.stop()
 
-        return _prefetched(self._arrow_chunks(start, floats, labels, streams), on_stop=stop)
+        def parse(chunk: Chunk) -> Chunk:
+            # pyarrow converts a block's columns one after the other in the thread
+            # that reads it (2M rows of 5 features: 0.58 s read as float64, 0.32 s
+            # as text): the casts and the dictionaries are made here instead.
+            if any(isinstance(c, list) for c in chunk.columns.values()):
+                return chunk  # the csv module's text (a fallback): Chunk decides
+            floats = stream.floats  # a tuple, replaced (not changed) by parse()
+            for name in floats:
+                if name not in labels:
+                    chunk.columns[name] = _finite_floats(chunk.columns[name])
+            return _encode_labels(chunk, labels)
+
+        stream.chunks = _prefetched(self._arrow_chunks(start, streams), on_stop=stop, prepare=parse)
+        return stream
 
     def _parquet_chunks(self, skip: int) -> Iterator[Chunk]:
         start = 0
@@ -785,15 +863,18 @@ class TableSource:
         cols = {name: [r[j] for r in rows] for j, name in enumerate(self.names)}
         return Chunk(self, start, len(rows), cols, lines)
 
-    def _arrow_chunks(
-        self, skip: int, floats: list[str], labels: list[str], streams: list[_PacedFile]
-    ) -> Iterator[Chunk]:
-        """pyarrow's streaming reader, every column as text but the ``floats``.
+    def _arrow_chunks(self, skip: int, streams: list[_PacedFile]) -> Iterator[Chunk]:
+        """pyarrow's streaming reader, every column as text.
+
+        The features are not parsed here: pyarrow's streaming reader parses a
+        block only when asked for its batch, and converts its columns one
+        after the other, where parsing floats costs as much as splitting the
+        text into cells (2M rows of 5 features: 0.58 s read as float64, 0.32 s
+        as text). :meth:`chunks` casts them in another thread, while this one
+        asks pyarrow for the next block.
 
         A row longer than a block makes pyarrow fail: the read restarts with
-        larger blocks, skipping the rows already yielded. A cell of a
-        ``floats`` column that pyarrow does not parse as a finite number
-        restarts the read at the same row with every column as text. Any other
+        larger blocks, skipping the rows already yielded. Any other
         parse failure (a ragged row, bad UTF-8, a quirk pyarrow refuses) hands
         over to the standard-library reader at the same row, which gives
         today's exact result or message.
@@ -806,8 +887,7 @@ class TableSource:
         while True:
             stream = _PacedFile(self.path, block)
             streams[:] = [stream]
-            types = {n: pa.float64() if n in floats else pa.string() for n in self.names}
-            types.update({n: pa.dictionary(pa.int32(), pa.string()) for n in labels})
+            types = {n: pa.string() for n in self.names}
             reader = None
             try:
                 reader = pcsv.open_csv(
@@ -821,7 +901,6 @@ class TableSource:
                 if reader.schema.names != self.names:
                     break  # pyarrow reads the header differently: let csv decide
                 seen = 0
-                restart = False
                 for batch in reader:
                     stream.taken()
                     n = batch.num_rows
@@ -832,31 +911,19 @@ class TableSource:
                         batch = batch.slice(done - seen)
                     seen += n
                     cols = {name: batch.column(j) for j, name in enumerate(self.names)}
-                    if floats and not all(_all_finite(cols[name]) for name in floats):
-                        floats, restart = [], True  # read as text from this chunk on
-                        break
                     # stream.cr: a carriage return in the bytes read so far, which
                     # hold this batch's rows (no cell scan for the usual LF file)
-                    text = [
-                        c.dictionary if name in labels else c
-                        for name, c in cols.items()
-                        if name not in floats
-                    ]
-                    if stream.cr and any(_has_substring(c, "\r") for c in text):
+                    if stream.cr and any(_has_substring(c, "\r") for c in cols.values()):
                         # pyarrow 26 can lose the "\n" of a quoted "\r\n" that a block
                         # boundary splits: cells with a CR are read by csv instead.
                         yield from self._stdlib_chunks(done)
                         return
                     yield Chunk(self, done, batch.num_rows, cols)
                     done += batch.num_rows
-                if not restart:
-                    return
+                return
             except pa.ArrowInvalid as exc:
                 if "straddl" in str(exc) and block < (1 << 31) // 4:
                     block *= 4
-                    continue
-                if floats:  # a cell pyarrow does not parse as a number: text from here
-                    floats = []
                     continue
                 break
             finally:
@@ -892,8 +959,9 @@ class _PacedFile(io.RawIOBase):
     the batches taken (:meth:`taken`) are in memory; a batch needs its own
     block and at most the next one, so the reader can always make the next
     batch (no test run ever waited out the timeout). Should pyarrow need
-    more, a wait of :data:`STALL_SECONDS` lets one more block through:
-    slower and more memory, never a deadlock.
+    more, a wait of :data:`STALL_SECONDS` lets a read through and doubles
+    the blocks allowed ahead from then on: slower and more memory, never a
+    deadlock, and a need of n more blocks costs log2(n) waits, not n.
     Also notes whether any byte read was a carriage return (``cr``).
 
     Plain reads, not a memory map: the pages of a mapped file count in the
@@ -907,6 +975,8 @@ class _PacedFile(io.RawIOBase):
         self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
         self._cond = threading.Condition()
         self._block, self._taken, self._read = block, 0, 0
+        self._ahead = READ_AHEAD  # blocks read beyond those taken (doubled by each stall)
+        self.stalls = 0
         self._stopped = False
         self._in_flight, self._last_call, self._at_end = 0, 0.0, False
         self._early = False  # stopped before pyarrow read to the end
@@ -935,12 +1005,16 @@ class _PacedFile(io.RawIOBase):
 
     def _paced_read(self, size: int) -> bytes:
         with self._cond:
-            limit = (self._taken + READ_AHEAD) * self._block
-            if not self._stopped and self._read >= limit:
-                self._cond.wait_for(
-                    lambda: self._stopped or self._read < (self._taken + READ_AHEAD) * self._block,
-                    timeout=STALL_SECONDS,
-                )
+
+            def free() -> bool:
+                return self._stopped or self._read < (self._taken + self._ahead) * self._block
+
+            if not free() and not self._cond.wait_for(free, timeout=STALL_SECONDS):
+                # pyarrow needs more blocks than allowed to make its next batch: let
+                # twice as many through from now on, so that such a need costs a few
+                # waits, not one per block (once seen: 15 min for a 2M-row fit)
+                self._ahead *= 2
+                self.stalls += 1
             if self._stopped:  # closed: the end of the file, so pyarrow stops reading
                 return b""
         data = self._fh.read(size)
@@ -1036,9 +1110,20 @@ def _quiesce_paced_files() -> None:
         time.sleep(max(0.0, _LAST_EARLY_STOP + EXIT_GRACE - time.monotonic()))
 
 
-def _all_finite(col: Any) -> bool:
-    """Whether a float64 pyarrow array has no null, NaN or infinite value."""
-    return col.null_count == 0 and bool(np.isfinite(_numpy(col)).all())
+def _finite_floats(col: Any) -> Any:
+    """A CSV text column as float64 if pyarrow parses every cell as a finite number, else as is.
+
+    pyarrow accepts a subset of what ``float()`` accepts (not `` 1`` or
+    ``1_000``) and both round correctly, so where the cast succeeds its values
+    are ``float()``'s; any other column stays text and :meth:`Chunk.floats`
+    decides, with the words of the standard-library path.
+    """
+    pa, pc = _pyarrow(), _pyarrow_compute()
+    try:
+        values = pc.cast(col, pa.float64())
+    except pa.ArrowInvalid:
+        return col
+    return values if bool(np.isfinite(_numpy(values)).all()) else col
 
 
 def _has_substring(col: Any, text: str) -> bool:
@@ -1098,7 +1183,8 @@ def format_floats(values: NDArray[np.float64]) -> Any:
     if fix.size == 0:
         return text
     if fix.size > x.size // 16:  # many whole numbers: one vectorised pass for them
-        text = pc.if_else(_arrow(whole), pc.binary_join_element_wise(text, ".0", ""), text)
+        dotted = pc.binary_join_element_wise(text, _scalar(".0"), _scalar(""))
+        text = pc.if_else(_arrow(whole), dotted, text)
         fix = np.flatnonzero(slow)
         if fix.size == 0:
             return text.cast(pa.string())
@@ -1142,14 +1228,32 @@ def _string_array(texts: Sequence[str]) -> Any:
     return pa.Array.from_buffers(kind, len(encoded), [None, pa.py_buffer(offsets), data])
 
 
+@functools.cache
+def _scalar(text: str) -> Any:
+    """A pyarrow string scalar (for compute functions) without importing pandas.
+
+    A Python ``str`` passed to a compute function, or ``pyarrow.scalar``,
+    first imports pandas to ask whether it is a pandas object: 0.3 s of a
+    short command.
+    """
+    return _string_array([text])[0]
+
+
 def _numpy(arr: Any) -> NDArray[Any]:
     """A pyarrow array without nulls as numpy (bool, int and float types), without pandas.
 
     ``Array.to_numpy`` imports pandas on its first call (0.3 s); the buffers
-    of a primitive array are read directly instead.
+    of a primitive array are read directly instead, and text (also as a
+    dictionary array) becomes the object array of Python strings (``None``
+    for null) that ``to_numpy`` gives.
     """
     pa = _pyarrow()
     t = arr.type
+    text = t.value_type if pa.types.is_dictionary(t) else t
+    if pa.types.is_string(text) or pa.types.is_large_string(text):
+        out = np.empty(len(arr), dtype=object)
+        out[:] = arr.to_pylist()
+        return out
     if arr.null_count == 0 and pa.types.is_boolean(t):
         bits = np.frombuffer(arr.buffers()[1], dtype=np.uint8)
         return np.unpackbits(bits, bitorder="little")[arr.offset : arr.offset + len(arr)].view(
@@ -1188,7 +1292,9 @@ def _quote(col: Any) -> Any:
     needs = pc.match_substring_regex(col, pattern)
     if not pc.any(needs).as_py():
         return col
-    quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+    quoted = pc.binary_join_element_wise(
+        _scalar('"'), pc.replace_substring(col, '"', '""'), _scalar('"'), _scalar("")
+    )
     return pc.if_else(needs, quoted, col).cast(pa.string())
 
 
@@ -1326,8 +1432,8 @@ class TableWriter:
                 cols.append(_quote(_string_array(text[name][lo:hi])))
             else:
                 cols.append(_quote(_decoded(chunk.columns[name].slice(lo, hi - lo))))
-        cols[-1] = pc.binary_join_element_wise(cols[-1], "\n", "")
-        rows = pc.binary_join_element_wise(*cols, ",") if len(cols) > 1 else cols[0]
+        cols[-1] = pc.binary_join_element_wise(cols[-1], _scalar("\n"), _scalar(""))
+        rows = pc.binary_join_element_wise(*cols, _scalar(",")) if len(cols) > 1 else cols[0]
         return rows.cast(pa.string())
 
     def _write_parquet(self, chunk: Chunk, replaced: dict[str, NDArray[np.float64]]) -> None:
@@ -1387,21 +1493,29 @@ class TableWriter:
 
 
 def _prefetched(
-    chunks: Iterator[Chunk], depth: int = 1, on_stop: Callable[[], None] | None = None
+    chunks: Iterator[Chunk],
+    depth: int = 1,
+    on_stop: Callable[[], None] | None = None,
+    prepare: Callable[[Chunk], Chunk] | None = None,
 ) -> Iterator[Chunk]:
     """``chunks``, read ahead by ``depth`` chunks in a background thread.
 
     pyarrow's readers release the GIL, so reading and parsing the next chunk
     overlaps the caller's work on this one; memory grows by ``depth`` chunks.
-    An error of the reader is raised here, at the chunk where it happened; a
-    caller that stops early stops the reader (``on_stop`` is called first, to
-    end a read the reader thread may be waiting for).
+    ``prepare`` (if given) runs on every chunk in a third thread, in order,
+    while the reader thread reads the next one (``depth`` chunks queued, one
+    being prepared). An error of the reader or of ``prepare`` is raised
+    here, at the chunk where it happened; a caller that stops early stops the
+    reader (``on_stop`` is called first, to end a read the reader thread may
+    be waiting for).
     """
     import queue
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    worker = ThreadPoolExecutor(1, thread_name_prefix="fairsteer-parse") if prepare else None
 
     def put(item: tuple[str, Any]) -> bool:
         while not stop.is_set():
@@ -1415,7 +1529,8 @@ def _prefetched(
     def produce() -> None:
         try:
             for chunk in chunks:
-                if not put(("chunk", chunk)):
+                item = worker.submit(prepare, chunk) if worker and prepare else chunk
+                if not put(("chunk", item)):
                     return
             put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
@@ -1430,12 +1545,14 @@ def _prefetched(
                 return
             if kind == "error":
                 raise item
-            yield item
+            yield item.result() if worker else item
     finally:
         stop.set()
         if on_stop is not None:
             on_stop()
         thread.join()
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
