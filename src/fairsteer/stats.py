@@ -456,7 +456,7 @@ def cell_statistics_from_codes(
 # on 4096 x 768 within a few per cent (benchmarks/bench_engine.py, 2 cores).
 CHUNK_ROWS = 2048
 CHUNK_BYTES = 24 << 20
-SUB_BLOCK_BYTES = 512 << 10  # rows gathered, shifted and summed at a time: in L2 cache
+SUB_BLOCK_BYTES = 1 << 20  # rows gathered, shifted and summed at a time: in L2 cache (1 MB a core)
 # Rows and bytes per worker below which the moments run in the calling thread
 # (with BLAS's own threads): starting threads costs ~0.5 ms, which a worker
 # repays from about 2 MB of rows (d = 5: 32k rows 1.3 ms inline, 1.7 ms on two
