@@ -505,6 +505,9 @@ def _segment_moments(
         S: dict[int, Array] = {}
         T = np.zeros((n_seg, d))
         buf = np.empty((min(chunk, hi - lo), d))
+        # column sums as ones @ block (BLAS): numpy's axis-0 sum of a narrow
+        # C-ordered block is ~7x slower (8192 x 5: 120 us against 18 us)
+        ones = np.ones(min(sub, hi - lo))
         pos = lo
         with np.errstate(over="ignore", invalid="ignore"):  # errstate is per thread
             while pos < hi:
@@ -526,7 +529,7 @@ def _segment_moments(
                             if bounds[j] >= b1:
                                 break
                             a, b = max(bounds[j], b0) - b0, min(bounds[j + 1], b1) - b0
-                            T[j] += block[a:b].sum(axis=0)
+                            T[j] += ones[: b - a] @ block[a:b]
                     if p in S:
                         S[p] += Z.T @ Z
                     else:
