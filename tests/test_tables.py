@@ -657,3 +657,55 @@ def test_abandoned_reader_lets_the_process_exit(tmp_path):
         check=False,
     )
     assert res.returncode == 0 and res.stdout == "True\n", res.stderr
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+def test_feature_matrix_of_the_parse_thread_equals_the_column_path(tmp_path, chunks, tiny):
+    """Parquet (float64, float32 and int64 columns) and pyarrow-CSV chunks whose features
+    are numeric and finite arrive with their float64 matrix made in the parse thread; it
+    equals the column-by-column conversion of Chunk.floats exactly, is taken once, and a
+    chunk with a NaN or a null gets none (Chunk.floats then names the bad cell)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chunks("pyarrow", tiny)
+    rng = np.random.default_rng(4)
+    n = 40
+    table = pa.table(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.normal(size=n).astype(np.float32),
+            "c": rng.integers(-(2**60), 2**60, n),  # int64 values beyond float64's precision
+            "g": rng.choice(["f", "m"], n),
+        }
+    )
+    names = ["a", "b", "c"]
+    pq.write_table(table, tmp_path / "t.parquet")
+    text = "a,b,c,g\n" + "".join(
+        f"{float(a)!r},{float(b)!r},{int(c)},{g}\n"
+        for a, b, c, g in zip(*table.to_pydict().values(), strict=True)
+    )
+    (tmp_path / "t.csv").write_text(text)
+    for path in (tmp_path / "t.parquet", tmp_path / "t.csv"):
+        source = fio.open_table(path)
+        got, seen = [], 0
+        for chunk in source.chunks(floats=names):
+            assert chunk._matrix is not None, path
+            made = chunk.floats(names)
+            assert chunk._matrix is None  # taken once
+            again = chunk.floats(names)  # the column path, as without the parse thread
+            np.testing.assert_array_equal(made, again)
+            assert made.flags.c_contiguous and made.dtype == np.float64
+            got.append(made)
+            seen += chunk.n_rows
+        assert seen == n
+        want = np.column_stack([np.asarray(table[c]).astype(np.float64) for c in names])
+        np.testing.assert_array_equal(np.concatenate(got), want)
+    # a NaN or a null: no matrix for that chunk, and the error names the row
+    bad = table.set_column(0, "a", pa.array([*table["a"].to_pylist()[:-1], None]))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    source = fio.open_table(tmp_path / "bad.parquet")
+    last = list(source.chunks(floats=names))[-1]
+    assert last._matrix is None
+    with pytest.raises(fio.InputError, match="row 40"):
+        last.floats(names)

@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from fairsteer.errors import InputError
 from fairsteer.files import atomic_output, write_atomic
+from fairsteer.linalg import all_finite
 
 __all__ = [
     "CellValues",
@@ -410,6 +411,10 @@ class Chunk:
     # Dictionary arrays of the label columns (group, class), made by the reader's
     # parse thread (pyarrow); the columns themselves keep their type.
     _dictionaries: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The feature matrix, made by the reader's parse thread when every feature
+    # column is numeric, without nulls and finite (:func:`_float_matrix`): the
+    # names it holds and the C-ordered (n_rows, d) float64 array; taken once.
+    _matrix: tuple[tuple[str, ...], NDArray[np.float64]] | None = field(default=None, repr=False)
 
     def where(self, k: int) -> str:
         """``"row r (line l)"`` of row ``k`` of the chunk (1-based data row, file line for CSV)."""
@@ -454,6 +459,9 @@ class Chunk:
             Naming the column, the row and the value of the first cell that is
             empty, NaN, infinite or not a number.
         """
+        if self._matrix is not None and self._matrix[0] == tuple(names):
+            out, self._matrix = self._matrix[1], None
+            return out
         out = np.empty((self.n_rows, len(names)))
         for j, name in enumerate(names):
             values = self._fast_floats(name)
@@ -779,8 +787,14 @@ class TableSource:
         """
         if self.kind == "parquet":
             names = [n for n in self.names if n in labels]
-            prepare = (lambda chunk: _encode_labels(chunk, names)) if names else None
-            return ChunkStream(self, _prefetched(self._parquet_chunks(start), prepare=prepare))
+            pstream = ChunkStream(self, iter(()), [n for n in self.names if n in floats])
+
+            def prepare(chunk: Chunk) -> Chunk:
+                _float_matrix(chunk, pstream.floats)  # a tuple, replaced by parse()
+                return _encode_labels(chunk, names)
+
+            pstream.chunks = _prefetched(self._parquet_chunks(start), prepare=prepare)
+            return pstream
         if self.engine == "stdlib":
             return ChunkStream(self, self._stdlib_chunks(start))
         stream = ChunkStream(self, iter(()), [n for n in self.names if n in floats])
@@ -801,6 +815,7 @@ class TableSource:
             for name in floats:
                 if name not in labels:
                     chunk.columns[name] = _finite_floats(chunk.columns[name])
+            _float_matrix(chunk, floats)
             return _encode_labels(chunk, labels)
 
         stream.chunks = _prefetched(self._arrow_chunks(start, streams), on_stop=stop, prepare=parse)
@@ -1124,6 +1139,33 @@ def _finite_floats(col: Any) -> Any:
     except pa.ArrowInvalid:
         return col
     return values if bool(np.isfinite(_numpy(values)).all()) else col
+
+
+def _float_matrix(chunk: Chunk, names: Sequence[str]) -> None:
+    """The features ``names`` of a pyarrow chunk as one float64 matrix, in the parse thread.
+
+    Only when every column is numeric (Parquet's types, or a CSV column that
+    :func:`_finite_floats` parsed), has no nulls and every value is finite:
+    then the values are those :meth:`Chunk.floats` would give (float64 of
+    each value) and the caller's thread is spared the conversion. Anything
+    else is left to :meth:`Chunk.floats`, which names the bad cell.
+    """
+    if not names:
+        return
+    pa = _pyarrow()
+    cols = []
+    for name in names:
+        col = chunk.columns[name]
+        if isinstance(col, list) or col.null_count:
+            return
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+            return
+        cols.append(col)
+    X = np.empty((chunk.n_rows, len(cols)))
+    for j, col in enumerate(cols):
+        X[:, j] = _numpy(col)
+    if all_finite(X):
+        chunk._matrix = (tuple(names), X)
 
 
 def _has_substring(col: Any, text: str) -> bool:
