@@ -29,6 +29,20 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_python(script, *argv, env=None, timeout=None):
+    """``python -c script argv...`` in a fresh process with ``src`` on the path (and ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
+
+
 ENGINES = ["pyarrow", "stdlib"]
 
 
@@ -515,13 +529,7 @@ def test_core_only_install_steers_like_the_stdlib_engine(tmp_path, capsys, chunk
         """
     )
     out = tmp_path / "core.csv"
-    res = subprocess.run(
-        [sys.executable, "-c", script, str(data), str(out)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": SRC},
-        check=False,
-    )
+    res = run_python(script, data, out)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("ok")
     chunks("stdlib", tiny=False)
@@ -614,13 +622,7 @@ def test_fit_and_steer_do_not_import_pandas(tmp_path):
         print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
         """
     )
-    res = subprocess.run(
-        [sys.executable, "-c", script, str(csv_data), str(pq_data)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": SRC},
-        check=False,
-    )
+    res = run_python(script, csv_data, pq_data)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "[]"
 
@@ -648,14 +650,8 @@ def test_abandoned_reader_lets_the_process_exit(tmp_path):
         print(chunk.n_rows > 0)
         """
     )
-    res = subprocess.run(
-        [sys.executable, "-c", script, str(data)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": SRC, "FAIRSTEER_CHUNK_BYTES": "4096"},
-        timeout=25,  # well under fio.STALL_SECONDS: no wait ran out
-        check=False,
-    )
+    # timeout well under fio.STALL_SECONDS: no wait ran out
+    res = run_python(script, data, env={"FAIRSTEER_CHUNK_BYTES": "4096"}, timeout=25)
     assert res.returncode == 0 and res.stdout == "True\n", res.stderr
 
 
