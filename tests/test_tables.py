@@ -272,6 +272,32 @@ def test_bad_cell_in_the_last_chunk_writes_nothing(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize(("feature_row", "label_row"), [(100, 110), (101, 100), (110, 100)])
+def test_first_bad_chunk_is_named_although_chunks_run_in_parallel(
+    tmp_path, capsys, chunks, engine, feature_row, label_row
+):
+    """Chunks are coded in order and their moments computed by workers: the error
+    is that of the first chunk with a bad cell, and within a chunk a bad feature
+    comes before a missing label (as in a one-chunk fit)."""
+    chunks(engine, tiny=True)
+    rng = np.random.default_rng(1)
+    rows = [[repr(float(v)) for v in rng.normal(size=2)] + ["fm"[k % 2], str(k // 2 % 2)]
+            for k in range(200)]  # fmt: skip
+    rows[feature_row - 1][0], rows[label_row - 1][3] = "nan", ""
+    data = tmp_path / "d.csv"
+    data.write_text("x1,x2,sex,label\n" + "".join(",".join(r) + "\n" for r in rows))
+    code, _, err = run(capsys, "fit", data, "--group", "sex", "--label", "label", "-o",
+                       tmp_path / "m.json")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    same_chunk = (feature_row - 1) // 3 == (label_row - 1) // 3
+    if feature_row < label_row or same_chunk:
+        assert f"'x1' row {feature_row} " in err, err
+    else:
+        assert f"'label' row {label_row} " in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_one_label_per_parsed_value_across_chunks(tmp_path, capsys, chunks, engine):
     chunks(engine, tiny=True)
     data = tmp_path / "d.csv"
@@ -656,7 +682,41 @@ def test_abandoned_reader_lets_the_process_exit(tmp_path):
 
 
 @pytest.mark.parametrize("tiny", [False, True])
-def test_feature_matrix_of_the_parse_thread_equals_the_column_path(tmp_path, chunks, tiny):
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0, 1, 1, 0],
+        [5, -3, 5, 7, 1000, -3],  # gaps: entries of the range that no row uses
+        np.array([200, 3, 255, 3], dtype=np.uint8),
+        np.array([-(2**63), 2**63 - 1, 0]),  # a range too wide: pyarrow hashes it
+        np.array([2, 4096, 2]),  # just beyond SMALL_DICTIONARY: hashed
+    ],
+)
+def test_parquet_labels_code_as_python_values_in_order_of_first_use(tmp_path, chunks, tiny, values):
+    """Parquet labels: text read as dictionaries, integers of a small range coded by
+    their range (with entries no row uses), others hashed. Every chunking gives codes
+    in order of first appearance and the labels as Python values, as a dict over the
+    rows computes them; a second pass (grow=False) gives the same codes."""
+    chunks("pyarrow", tiny)
+    values = np.resize(np.asarray(values), 40)
+    text = np.array(["b", "a", "c", "a"])[np.arange(40) % 4]
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": np.arange(40.0), "g": text, "y": values}), path)
+    source = fio.open_table(path)
+    for name, column in (("g", text), ("y", values)):
+        coder = fio.LabelCoder(source, name, "class")
+        first = [coder.encode(c) for c in source.chunks(labels=[name])]
+        again = [coder.encode(c, grow=False) for c in source.chunks(labels=[name])]
+        index = {}
+        want = [index.setdefault(v.item(), len(index)) for v in column]
+        assert np.concatenate(first).tolist() == want == np.concatenate(again).tolist()
+        assert coder.labels == list(index)
+        assert all(type(a) is type(b) for a, b in zip(coder.labels, index, strict=True))
+
+
+@pytest.mark.parametrize("tiny", [False, True])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_feature_matrix_of_the_parse_thread_equals_the_column_path(tmp_path, chunks, tiny, order):
     """Parquet (float64, float32 and int64 columns) and pyarrow-CSV chunks whose features
     are numeric and finite arrive with their float64 matrix made in the parse thread; it
     equals the column-by-column conversion of Chunk.floats exactly, is taken once, and a
@@ -685,13 +745,14 @@ def test_feature_matrix_of_the_parse_thread_equals_the_column_path(tmp_path, chu
     for path in (tmp_path / "t.parquet", tmp_path / "t.csv"):
         source = fio.open_table(path)
         got, seen = [], 0
-        for chunk in source.chunks(floats=names):
+        for chunk in source.chunks(floats=names, order=order):
             assert chunk._matrix is not None, path
             made = chunk.floats(names)
             assert chunk._matrix is None  # taken once
             again = chunk.floats(names)  # the column path, as without the parse thread
             np.testing.assert_array_equal(made, again)
-            assert made.flags.c_contiguous and made.dtype == np.float64
+            contiguous = made.flags.c_contiguous if order == "C" else made.flags.f_contiguous
+            assert contiguous and made.dtype == np.float64
             got.append(made)
             seen += chunk.n_rows
         assert seen == n

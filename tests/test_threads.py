@@ -87,3 +87,64 @@ def test_row_parallel_raises_what_a_worker_raised(monkeypatch):
         _threads.row_parallel(work, 10, 1)
     # the limit was released on the way out
     assert _threads._holders == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_ordered_map_keeps_item_order_whatever_finishes_first(workers):
+    """Results in item order although later items finish first; ``make`` runs in the
+    calling thread, in item order; at most workers + 1 items are held at a time."""
+    import time
+
+    made, held, peak = [], [0], [0]
+    lock = threading.Lock()
+
+    def make(k):
+        made.append((k, threading.get_ident()))
+        with lock:
+            held[0] += 1
+            peak[0] = max(peak[0], held[0])
+
+        def call():
+            time.sleep(0.002 * (5 - k % 5))  # early items sleep longest
+            with lock:
+                held[0] -= 1
+            return k * k
+
+        return call
+
+    out = list(_threads.ordered_map(make, range(23), workers))
+    assert out == [k * k for k in range(23)]
+    assert [k for k, _ in made] == list(range(23))
+    assert {t for _, t in made} == {threading.get_ident()}
+    assert peak[0] <= workers + 1
+    assert _threads._holders == 0  # the BLAS limit was released
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ordered_map_raises_the_first_bad_items_error(workers):
+    """A call that fails (item 3) is raised before a later ``make`` failure (item 5),
+    after the results of items 0-2, and the BLAS limit is released."""
+
+    def make(k):
+        if k == 5:
+            raise KeyError("make 5")
+
+        def call():
+            if k == 3:
+                raise ValueError("call 3")
+            return k
+
+        return call
+
+    got = []
+    with pytest.raises(ValueError, match="call 3"):
+        for r in _threads.ordered_map(make, range(10), workers):
+            got.append(r)
+    assert got == [0, 1, 2]
+    assert _threads._holders == 0
+    # with no failing call, make's error comes after every earlier result
+    got = []
+    with pytest.raises(KeyError, match="make 5"):
+        for r in _threads.ordered_map(lambda k: make(k + 10) if k != 5 else make(5), range(8)):
+            got.append(r)
+    assert got == [10, 11, 12, 13, 14]

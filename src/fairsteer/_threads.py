@@ -16,7 +16,7 @@ import functools
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -103,3 +103,48 @@ def row_parallel(fn: Callable[[int, int], R], n: int, min_rows: int) -> list[R]:
     with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(fn, lo, hi) for lo, hi in itertools.pairwise(cuts)]
         return [f.result() for f in futures]
+
+
+T = TypeVar("T")
+
+
+def ordered_map(
+    make: Callable[[T], Callable[[], R]], items: Iterable[T], workers: int | None = None
+) -> Iterator[R]:
+    """The results of ``make(item)()`` for every item, in item order, computed by worker threads.
+
+    ``make`` runs in the calling thread, one item after the other (state that
+    depends on the order, such as label codes, is built there); the calls it
+    returns run in up to ``workers`` threads (default :func:`cpu_workers`),
+    with BLAS on one thread, and at most ``workers + 1`` items are held at a
+    time (one queued while ``workers`` run), so memory is bounded by them.
+    An exception of ``make`` or of a call is raised here after the results of
+    every earlier item, so the error raised is that of the first bad item.
+    With one worker everything runs in the calling thread.
+    """
+    workers = cpu_workers() if workers is None else workers
+    if workers <= 1:
+        for item in items:
+            yield make(item)()
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque[Any] = deque()
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+        try:
+            for item in items:
+                try:
+                    call = make(item)
+                except BaseException:
+                    while pending:  # the earlier items' results (and errors) first
+                        yield pending.popleft().result()
+                    raise
+                pending.append(pool.submit(call))
+                while len(pending) >= workers + 1 or (pending and pending[0].done()):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

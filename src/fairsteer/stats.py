@@ -259,11 +259,14 @@ class CellStats:
             raise InputError(
                 f"cannot merge statistics with {self.n_features} and {other.n_features} features"
             )
-        groups = self.groups + tuple(g for g in other.groups if g not in self.groups)
-        classes = self.classes + tuple(c for c in other.classes if c not in self.classes)
         pooled = self.pooled or other.pooled
-        a = self._embed(groups, classes)
-        b = other._embed(groups, classes)
+        if self.groups == other.groups and self.classes == other.classes:
+            groups, classes, a, b = self.groups, self.classes, self, other
+        else:
+            groups = self.groups + tuple(g for g in other.groups if g not in self.groups)
+            classes = self.classes + tuple(c for c in other.classes if c not in self.classes)
+            a = self._embed(groups, classes)
+            b = other._embed(groups, classes)
         if pooled:
             a, b = a.as_pooled(), b.as_pooled()
         n = a.counts + b.counts
@@ -462,6 +465,7 @@ SUB_BLOCK_BYTES = 1 << 20  # rows gathered, shifted and summed at a time: in L2 
 # repays from about 2 MB of rows (d = 5: 32k rows 1.3 ms inline, 1.7 ms on two
 # workers; 400k rows 18 ms inline, 13 ms on two).
 PARALLEL_ROWS = 2 * CHUNK_ROWS
+COLUMN_GATHER_MAX = 16  # columns up to which a column-major X is gathered column by column
 PARALLEL_BYTES = 2 << 20
 
 
@@ -501,10 +505,16 @@ def _segment_moments(
         if product[s] == product[s + 1]:
             run_end[s] = run_end[s + 1]
 
+    # A column-major X (columns of a table) is gathered column by column into a
+    # column-major buffer: 32k x 5 rows in 0.13 ms, where a row gather from it
+    # takes 1.5 ms (0.09 ms from a row-major X). Only for few columns: the
+    # gathers are one call per column and sub-block.
+    columnwise = d <= COLUMN_GATHER_MAX and X.flags.f_contiguous and not X.flags.c_contiguous
+
     def work(lo: int, hi: int) -> tuple[dict[int, Array], Array]:
         S: dict[int, Array] = {}
         T = np.zeros((n_seg, d))
-        buf = np.empty((min(chunk, hi - lo), d))
+        buf = np.empty((min(chunk, hi - lo), d), order="F" if columnwise else "C")
         # column sums as ones @ block (BLAS): numpy's axis-0 sum of a narrow
         # C-ordered block is ~7x slower (8192 x 5: 120 us against 18 us)
         ones = np.ones(min(sub, hi - lo))
@@ -521,7 +531,11 @@ def _segment_moments(
                         block = Z[b0 - c0 : b1 - c0]
                         # rows are valid indices by construction; mode="raise" would copy `out`
                         # through a buffer (a gather 2.7x slower)
-                        np.take(X, order[b0:b1], axis=0, out=block, mode="clip")
+                        if columnwise:
+                            for j in range(d):
+                                np.take(X[:, j], order[b0:b1], out=block[:, j], mode="clip")
+                        else:
+                            np.take(X, order[b0:b1], axis=0, out=block, mode="clip")
                         block -= shifts[p]
                         # segment sums while the block is in cache
                         first = int(np.searchsorted(bounds, b0, side="right")) - 1
@@ -650,6 +664,12 @@ class FeatureRange:
             self.n += Z.shape[0]
             np.maximum(self.hi, Z.max(axis=0), out=self.hi)
             np.minimum(self.lo, Z.min(axis=0), out=self.lo)
+
+    def merge(self, other: FeatureRange) -> None:
+        """Take the rows seen by ``other`` (another batch's range) into account."""
+        self.n += other.n
+        np.maximum(self.hi, other.hi, out=self.hi)
+        np.minimum(self.lo, other.lo, out=self.lo)
 
     def check(self, features: Sequence[str] | None) -> None:
         """Reject features whose variances float64 cannot hold (too large or too small).
