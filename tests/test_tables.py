@@ -766,3 +766,37 @@ def test_feature_matrix_of_the_parse_thread_equals_the_column_path(tmp_path, chu
     assert last._matrix is None
     with pytest.raises(fio.InputError, match="row 40"):
         last.floats(names)
+
+
+@pytest.mark.parametrize("chosen", [None, "system"])
+def test_the_command_line_reads_tables_with_jemalloc_unless_a_pool_was_chosen(tmp_path, chosen):
+    """``main`` asks for pyarrow's jemalloc pool (less peak memory than mimalloc), applied
+    when a table is first read; a pool the user chose (ARROW_DEFAULT_MEMORY_POOL) stays."""
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow has no jemalloc")
+    data = tmp_path / "d.parquet"
+    write_parquet(data)
+    script = """
+        import sys
+        import pyarrow as pa
+        from fairsteer.cli import main
+        before = pa.default_memory_pool().backend_name
+        assert main(["--version"]) == 0  # no table read: nothing changes yet
+        assert pa.default_memory_pool().backend_name == before
+        assert main(["fit", sys.argv[1], "--group", "sex", "--label", "label", "-o",
+                     sys.argv[1] + ".json"]) == 0
+        print(before, pa.default_memory_pool().backend_name)
+    """
+    env = {"ARROW_DEFAULT_MEMORY_POOL": chosen} if chosen else {}
+    if not chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = ""  # unset for the child
+    res = run_python(script, data, env=env)
+    assert res.returncode == 0, res.stderr
+    before, after = res.stdout.split()[-2:]
+    assert after == (chosen or "jemalloc")
+    if chosen:
+        assert before == chosen

@@ -567,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C, and 141 (128 + SIGPIPE, what a shell reports for a program killed
     by a closed pipe) when the reader of stdout goes away, e.g. ``| head``.
     """
+    from fairsteer.io import prefer_memory_pool
+
+    prefer_memory_pool("jemalloc")  # applied when a table is read (pyarrow imported)
     try:
         parser = build_parser()
         try:
