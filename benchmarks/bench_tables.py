@@ -48,7 +48,7 @@ CHILD = """
 import sys, time
 t0 = time.perf_counter()
 import fairsteer.cli, fairsteer.io, fairsteer.maps, fairsteer.solve, pyarrow.csv, pyarrow.parquet
-import pyarrow.compute
+import pyarrow.compute, fairsteer.shards, threadpoolctl, concurrent.futures.thread
 fairsteer.cli.build_parser()  # imports the command modules and plugins
 t1 = time.perf_counter()
 code = 0 if sys.argv[1] == "imports" else fairsteer.cli.main(sys.argv[1:])

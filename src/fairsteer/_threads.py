@@ -12,7 +12,6 @@ the pipelined single-product version ran at 1.35x (benchmarks/bench_engine.py).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import threading
@@ -23,14 +22,32 @@ from typing import Any, TypeVar
 R = TypeVar("R")
 
 
-@functools.cache
-def _blas() -> Any:
-    """NumPy's and SciPy's BLAS libraries (a ``threadpoolctl`` controller, found once: ~1 ms)."""
-    import numpy  # noqa: F401  (load the BLAS libraries the products use)
-    import scipy.linalg  # noqa: F401
-    from threadpoolctl import ThreadpoolController
+_found: Any = None
+_finding = threading.Lock()
 
-    return ThreadpoolController().select(user_api="blas")
+
+def _blas() -> Any:
+    """NumPy's and SciPy's BLAS libraries (a ``threadpoolctl`` controller), found once.
+
+    ``threadpoolctl`` inspects every loaded shared library: 1 ms with numpy
+    and scipy alone, 13-16 ms once pyarrow's are loaded too (174 of them);
+    :func:`find_blas_soon` starts the search early, in a thread of its own.
+    """
+    global _found
+    with _finding:
+        if _found is None:
+            import numpy  # noqa: F401  (load the BLAS libraries the products use)
+            import scipy.linalg  # noqa: F401
+            from threadpoolctl import ThreadpoolController
+
+            _found = ThreadpoolController().select(user_api="blas")
+    return _found
+
+
+def find_blas_soon() -> None:
+    """Find the BLAS libraries (:func:`_blas`) in a background thread, for work starting soon."""
+    if _found is None:
+        threading.Thread(target=_blas, name="fairsteer-find-blas", daemon=True).start()
 
 
 _lock = threading.Lock()

@@ -250,13 +250,14 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     """
     import numpy as np
 
-    from fairsteer._threads import ordered_map
+    from fairsteer._threads import find_blas_soon, ordered_map
     from fairsteer.fit import model_from_stats
     from fairsteer.io import LabelCoder, open_table
     from fairsteer.stats import FeatureRange, cell_statistics_from_codes
 
     shrinkage = parse_shrinkage(args.shrinkage)
     family_sample_rows(args)  # checked before any pass
+    find_blas_soon()  # for the workers' BLAS limit, while the first chunk is read
     source = open_table(args.data)
     source.require([args.group, args.label])
     for name in args.features or ():

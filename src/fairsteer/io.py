@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import io
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -376,7 +377,8 @@ _POOL: str | None = None  # the memory pool asked for by prefer_memory_pool
 
 def _pyarrow() -> Any:
     global _PYARROW
-    if _PYARROW is None:
+    # (a test may hide pyarrow after it was imported: then ask again)
+    if _PYARROW is None or sys.modules.get("pyarrow") is not _PYARROW:
         from fairsteer.extras import require
 
         require("Parquet", "io", ["pyarrow"])
