@@ -397,7 +397,13 @@ def prefer_memory_pool(name: str) -> None:
     (``ARROW_DEFAULT_MEMORY_POOL``) or pyarrow lacks ``name``. Measured on
     2M-row tables (``fit`` and ``steer``, CSV and Parquet): jemalloc's peak
     memory is 35-80 MB below that of mimalloc, pyarrow's default on Linux;
-    Parquet is 5-15% faster, CSV 2-4% slower.
+    Parquet is 5-15% faster, CSV 2-4% slower (``docs/benchmarks.md``).
+
+    Parameters
+    ----------
+    name : str
+        A pool of ``pyarrow`` (``pyarrow.<name>_memory_pool``), applied now if
+        this module has imported pyarrow, else when it first does.
     """
     global _POOL
     _POOL = name
