@@ -20,7 +20,15 @@ column: the synthetic CSV repeated), as CSV and Parquet, prints
 - ``base``: the peak memory of a subprocess that only imports what the
   commands import, and ``chunk``: the in-memory size of one chunk (one Arrow
   batch of the reader). Memory goal: peak - base < 2 x chunk + model, at both
-  sizes (constant in rows).
+  sizes (constant in rows);
+- where the memory goes: the peak of a subprocess that only iterates
+  pyarrow's batches of the file as ``fit`` and ``steer`` read them (jemalloc
+  pool, data unused), and the largest live memory of one ``steer`` (numpy and
+  Python objects by ``tracemalloc``, Arrow buffers by the pool's
+  ``max_memory``).
+
+The command line uses pyarrow's jemalloc pool; ``ARROW_DEFAULT_MEMORY_POOL=mimalloc
+python benchmarks/bench_tables.py`` measures pyarrow's default pool instead.
 
 Goals (issue 15): fit <= 2x read, steer <= 4x (read + write).
 
@@ -50,14 +58,39 @@ t0 = time.perf_counter()
 import fairsteer.cli, fairsteer.io, fairsteer.maps, fairsteer.solve, pyarrow.csv, pyarrow.parquet
 import pyarrow.compute, fairsteer.shards, threadpoolctl, concurrent.futures.thread
 fairsteer.cli.build_parser()  # imports the command modules and plugins
+trace = sys.argv[1] == "trace"
+if trace:  # the live data: numpy's allocations (tracemalloc) and the Arrow pool's
+    import tracemalloc
+    tracemalloc.start()
+    del sys.argv[1]
 t1 = time.perf_counter()
-code = 0 if sys.argv[1] == "imports" else fairsteer.cli.main(sys.argv[1:])
+if sys.argv[1] == "imports":
+    code = 0
+elif sys.argv[1] == "stream":  # pyarrow's reader alone, as fit and steer use it, data unused
+    fairsteer.io.prefer_memory_pool("jemalloc")
+    fairsteer.io._pyarrow()
+    path = sys.argv[2]
+    if path.endswith(".parquet"):
+        batches = pyarrow.parquet.ParquetFile(
+            path, pre_buffer=False, buffer_size=fairsteer.io.READ_BUFFER
+        ).iter_batches(batch_size=fairsteer.io.CHUNK_ROWS, use_threads=False)
+    else:
+        batches = pyarrow.csv.open_csv(
+            path, read_options=pyarrow.csv.ReadOptions(block_size=fairsteer.io.CHUNK_BYTES)
+        )
+    code = sum(0 * b.num_rows for b in batches)
+else:
+    code = fairsteer.cli.main(sys.argv[1:])
 t2 = time.perf_counter()
 # VmHWM is this process's own peak: ru_maxrss is carried over from the parent
 # through fork and exec on Linux, so it would report the benchmark's own peak.
 rss = next(
     int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")
 )  # KB
+if trace:
+    numpy_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    arrow_peak = pyarrow.default_memory_pool().max_memory() / 2**20
+    print(f"LIVE {numpy_peak} {arrow_peak}")
 print(f"TIMES {t1 - t0} {t2 - t1} {code} {rss}")
 """
 
@@ -128,6 +161,19 @@ def run_child(args: list[str], repeat: int = 1) -> tuple[float, float, float]:
     return float(t_imp), float(t_cmd), int(rss) / 1024
 
 
+def live_megabytes(args: list[str]) -> tuple[float, float]:
+    """Peak live numpy/Python (tracemalloc) and Arrow-pool megabytes of one traced run."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, "trace", *args], capture_output=True, env=env, check=False
+    )
+    line = [s for s in proc.stdout.decode().splitlines() if s.startswith("LIVE")]
+    if proc.returncode != 0 or not line:
+        raise RuntimeError(f"{args} failed: {proc.stderr.decode()[-2000:]}")
+    _, numpy_mb, arrow_mb = line[-1].split()
+    return float(numpy_mb), float(arrow_mb)
+
+
 def chunk_megabytes(path: Path) -> float:
     """In-memory size of the first chunk the reader yields (MB)."""
     sys.path.insert(0, SRC)
@@ -159,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'steer MB':>8} {'chunk MB':>8} {'(steer-base)/chunk':>18}"
     )
     print(header)
+    detail = []
     for size in args.sizes:
         n = parse_size(size)
         csv_path, pq_path = make_files(n, folder)
@@ -172,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             del table
             sink.unlink()
             chunk = chunk_megabytes(path)
+            _, _, m_stream = run_child(["stream", str(path)], args.repeat)
+            shared = [str(path), "--group", "group", "--label", "label", "--covariance", "shared"]
+            live = live_megabytes(["steer", *shared, "-o", str(folder / f"o.{kind}")])
+            detail.append((n, kind, m_stream - base, *live))
             for cov in ("shared", "per-class"):
                 common = [str(path), "--group", "group", "--label", "label", "--covariance", cov]
                 fit = ["fit", *common, "-o", str(folder / "m.json")]
@@ -188,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "goals: fit/read <= 2, steer/(r+w) <= 4, (peak - base) < 2 x chunk + model; " + time.ctime()
     )
+    print(
+        "where the memory goes: 'stream' is the peak above the base of pyarrow's reader alone "
+        "(the batches fit and steer read, unused); 'live' the largest live numpy/Python "
+        "(tracemalloc) and Arrow-pool memory of one steer (shared covariance)"
+    )
+    print(f"{'rows':>9} {'format':>7} {'stream MB':>9} {'live numpy MB':>13} {'live Arrow MB':>13}")
+    for n, kind, stream, numpy_mb, arrow_mb in detail:
+        print(f"{n:>9} {kind:>7} {stream:9.0f} {numpy_mb:13.0f} {arrow_mb:13.0f}")
     return 0
 
 
