@@ -21,8 +21,8 @@ column: the synthetic CSV repeated), as CSV and Parquet, prints
   commands import, and ``chunk``: the in-memory size of one chunk (one Arrow
   batch of the reader). Memory goal: peak - base < 2 x chunk + model, at both
   sizes (constant in rows);
-- where the memory goes: the peak of a subprocess that only iterates
-  pyarrow's batches of the file as ``fit`` and ``steer`` read them (jemalloc
+- where the memory goes: the peak of a subprocess that only iterates the
+  chunks of the file (``fairsteer.io.open_table(path).chunks()``, jemalloc
   pool, data unused), and the largest live memory of one ``steer`` (numpy and
   Python objects by ``tracemalloc``, Arrow buffers by the pool's
   ``max_memory``).
@@ -66,19 +66,9 @@ if trace:  # the live data: numpy's allocations (tracemalloc) and the Arrow pool
 t1 = time.perf_counter()
 if sys.argv[1] == "imports":
     code = 0
-elif sys.argv[1] == "stream":  # pyarrow's reader alone, as fit and steer use it, data unused
+elif sys.argv[1] == "stream":  # the reader alone, as fit and steer use it, chunks unused
     fairsteer.io.prefer_memory_pool("jemalloc")
-    fairsteer.io._pyarrow()
-    path = sys.argv[2]
-    if path.endswith(".parquet"):
-        batches = pyarrow.parquet.ParquetFile(
-            path, pre_buffer=False, buffer_size=fairsteer.io.READ_BUFFER
-        ).iter_batches(batch_size=fairsteer.io.CHUNK_ROWS, use_threads=False)
-    else:
-        batches = pyarrow.csv.open_csv(
-            path, read_options=pyarrow.csv.ReadOptions(block_size=fairsteer.io.CHUNK_BYTES)
-        )
-    code = sum(0 * b.num_rows for b in batches)
+    code = sum(0 * chunk.n_rows for chunk in fairsteer.io.open_table(sys.argv[2]).chunks())
 else:
     code = fairsteer.cli.main(sys.argv[1:])
 t2 = time.perf_counter()
@@ -240,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "goals: fit/read <= 2, steer/(r+w) <= 4, (peak - base) < 2 x chunk + model; " + time.ctime()
     )
     print(
-        "where the memory goes: 'stream' is the peak above the base of pyarrow's reader alone "
-        "(the batches fit and steer read, unused); 'live' the largest live numpy/Python "
+        "where the memory goes: 'stream' is the peak above the base of the reader alone "
+        "(the chunks fit and steer read, unused); 'live' the largest live numpy/Python "
         "(tracemalloc) and Arrow-pool memory of one steer (shared covariance)"
     )
     print(f"{'rows':>9} {'format':>7} {'stream MB':>9} {'live numpy MB':>13} {'live Arrow MB':>13}")
