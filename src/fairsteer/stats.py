@@ -466,6 +466,7 @@ SUB_BLOCK_BYTES = 1 << 20  # rows gathered, shifted and summed at a time: in L2 
 # workers; 400k rows 18 ms inline, 13 ms on two).
 PARALLEL_ROWS = 2 * CHUNK_ROWS
 COLUMN_GATHER_MAX = 16  # columns up to which a column-major X is gathered column by column
+DOT_MAX = 6  # columns up to which their products are dot products (_column_products)
 PARALLEL_BYTES = 2 << 20
 
 
@@ -544,10 +545,11 @@ def _segment_moments(
                                 break
                             a, b = max(bounds[j], b0) - b0, min(bounds[j + 1], b1) - b0
                             T[j] += ones[: b - a] @ block[a:b]
+                    zz = _column_products(Z) if columnwise and d <= DOT_MAX else Z.T @ Z
                     if p in S:
-                        S[p] += Z.T @ Z
+                        S[p] += zz
                     else:
-                        S[p] = Z.T @ Z
+                        S[p] = zz
                 pos = stop
         return S, T
 
@@ -559,6 +561,20 @@ def _segment_moments(
             S[p] += block
         T += part_T
     return S, T
+
+
+def _column_products(Z: Array) -> Array:
+    """``Z^T Z`` of a column-major Z with few columns, one dot product per pair of columns.
+
+    BLAS's ``syrk`` of a 26k x 5 block takes 0.2 ms, the 15 dot products of its
+    contiguous columns 0.08 ms (one thread; equal at 8 columns).
+    """
+    d = Z.shape[1]
+    out = np.empty((d, d))
+    for i in range(d):
+        for j in range(i, d):
+            out[i, j] = out[j, i] = Z[:, i] @ Z[:, j]
+    return out
 
 
 def _first_rows(X: Array, order: NDArray[np.intp], bounds: NDArray[np.intp]) -> Array:
