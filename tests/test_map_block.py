@@ -178,20 +178,51 @@ def test_steihaug_steps():
     g = rng.normal(size=n)
     newton = -np.linalg.solve(H, g)
     radius = 2 * np.linalg.norm(newton)
-    p, pred, norm = _maps._steihaug(lambda v: H @ v, g, radius, 1e-12)
+    p, pred, norm = _maps._steihaug_plain(lambda v: H @ v, g, radius, 1e-12, 0.0)
     # Residual 1e-12 of ||g|| on a system of condition ~10: ~1e-11 relative.
     np.testing.assert_allclose(p, newton, rtol=1e-9, atol=1e-11)
     assert pred == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-12)
     assert norm == pytest.approx(np.linalg.norm(p), rel=1e-12)
     small = 0.1 * np.linalg.norm(newton)
-    p, pred, norm = _maps._steihaug(lambda v: H @ v, g, small, 1e-12)
+    p, pred, norm = _maps._steihaug_plain(lambda v: H @ v, g, small, 1e-12, 0.0)
     assert norm == pytest.approx(small, rel=1e-9)
     assert pred > 0
     # Negative curvature: the step goes to the boundary and still lowers the model.
     Hneg = H - 2 * np.linalg.eigvalsh(H)[-1] * np.eye(n)
-    p, pred, norm = _maps._steihaug(lambda v: Hneg @ v, g, 1.0, 1e-12)
+    p, pred, norm = _maps._steihaug_plain(lambda v: Hneg @ v, g, 1.0, 1e-12, 0.0)
     assert norm == pytest.approx(1.0, rel=1e-9)
     assert pred == pytest.approx(-(g @ p + 0.5 * p @ Hneg @ p), rel=1e-12) and pred > 0
+
+
+def test_preconditioned_steihaug_steps_in_the_m_norm():
+    """Truncated CG with a preconditioner M (given by its solve only): the Newton step
+    inside the region, a boundary step of M-norm equal to the radius otherwise, and the
+    predicted decrease equal to the model's, also at negative curvature."""
+    rng = np.random.default_rng(6)
+    n = 30
+    A = rng.normal(size=(n, n))
+    m = np.exp(rng.uniform(-3, 3, size=n))  # badly scaled: diagonal spread e^6
+    H = np.sqrt(m)[:, None] * (A @ A.T / n + 0.5 * np.eye(n)) * np.sqrt(m)[None, :]
+    g = rng.normal(size=n)
+    solve = lambda r: r / m  # noqa: E731  (M = diag(m), Jacobi-like)
+
+    def m_norm(p):
+        return float(np.sqrt(p @ (m * p)))
+
+    newton = -np.linalg.solve(H, g)
+    p, pred, norm = _maps._steihaug_prec(lambda v: H @ v, g, 2 * m_norm(newton), 1e-12, solve, 0.0)
+    # preconditioned, the system has condition ~10: residual 1e-12 of ||g|| gives ~1e-10
+    np.testing.assert_allclose(p, newton, rtol=1e-8, atol=1e-10 * np.abs(newton).max())
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-10)
+    assert norm == pytest.approx(m_norm(p), rel=1e-10)
+    small = 0.1 * m_norm(newton)
+    p, pred, norm = _maps._steihaug_prec(lambda v: H @ v, g, small, 1e-12, solve, 0.0)
+    assert norm == pytest.approx(small, rel=1e-9) and m_norm(p) == pytest.approx(small, rel=1e-9)
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ H @ p), rel=1e-10) and pred > 0
+    Hneg = H - 2 * np.linalg.eigvalsh(H)[-1] * np.eye(n)
+    p, pred, norm = _maps._steihaug_prec(lambda v: Hneg @ v, g, 1.0, 1e-12, solve, 0.0)
+    assert m_norm(p) == pytest.approx(1.0, rel=1e-9)
+    assert pred == pytest.approx(-(g @ p + 0.5 * p @ Hneg @ p), rel=1e-10) and pred > 0
 
 
 @pytest.mark.parametrize("K", [2, 3])

@@ -770,7 +770,6 @@ def _trust_region(
     x0: Array,
     max_iter: int,
     gtol: float = GTOL,
-    precond=None,
     stop=None,
     measure=None,
     retract=None,
@@ -779,25 +778,23 @@ def _trust_region(
     """Trust-region Newton with truncated preconditioned conjugate gradients (Steihaug-Toint).
 
     Minimises ``fun`` (returning value and gradient; value inf where
-    undefined) with exact Hessian-vector products ``hessp``. ``precond(x)``,
-    if given, returns ``(solve, apply)`` of a symmetric positive definite
-    approximation M of the Hessian at x; the trust region is then the ball
-    ||p||_M <= radius. The CG forcing term min(1/2, sqrt(||grad||)) ||grad||
-    gives superlinear local convergence; CG never solves for a residual
-    below 0.3 gtol (in the measured norm), which would only refine a step
-    past the requested accuracy. Near the optimum the decrease of f
-    falls below the round-off of f itself (|f| eps), where the usual ratio
-    test is noise: a step is then accepted when it lowers the gradient norm
-    instead, which keeps Newton's fast convergence down to ``gtol`` on the
-    (accurately computed) gradient. ``measure(x, grad)``, if given, is the
-    gradient norm that convergence is judged on (default: the Euclidean norm
-    of ``grad``; a change of variables makes them differ). ``stop(x, f,
-    gnorm)``, if given, is asked after every accepted step and ends the run
-    early when it returns True. ``local(x, grad)``, if given, returns the
-    model at x in other coordinates: ``(grad_local, hv, solve, step)``, with
-    ``solve`` a preconditioner (None for none) and ``step(p)`` the point
-    reached by the local step p (``precond``, ``hessp`` and ``retract`` are
-    then not used).
+    undefined) with exact Hessian-vector products ``hessp``. The CG forcing
+    term min(1/2, sqrt(||grad||)) ||grad|| gives superlinear local
+    convergence; CG never solves for a residual below 0.3 gtol (in the
+    measured norm), which would only refine a step past the requested
+    accuracy. Near the optimum the decrease of f falls below the round-off
+    of f itself (|f| eps), where the usual ratio test is noise: a step is
+    then accepted when it lowers the gradient norm instead, which keeps
+    Newton's fast convergence down to ``gtol`` on the (accurately computed)
+    gradient. ``measure(x, grad)``, if given, is the gradient norm that
+    convergence is judged on (default: the Euclidean norm of ``grad``; a
+    change of variables makes them differ). ``stop(x, f, gnorm)``, if given,
+    is asked after every accepted step and ends the run early when it
+    returns True. ``local(x, grad)``, if given, returns the model at x in
+    other coordinates: ``(grad_local, hv, solve, step)``, with ``solve`` a
+    preconditioner M (``z = M^-1 r``; None for none; the trust region is
+    then ||p||_M <= radius) and ``step(p)`` the point reached by the local
+    step p (``hessp`` and ``retract`` are then not used).
     """
     measure = measure or (lambda x, grad: float(np.linalg.norm(grad)))
     x = np.array(x0, dtype=np.float64)
@@ -832,11 +829,10 @@ def _trust_region(
             else:
                 step, pred, step_norm = _steihaug_prec(hv, grad_l, radius, eta, solve, floor)
         else:
-            M = precond(x) if precond is not None else (None, None)
             inner = float(np.linalg.norm(grad))
             floor = 0.3 * gtol * inner / gnorm if gnorm > 0 else 0.0
-            step, pred, step_norm = _steihaug(
-                counted(lambda p, x=x: hessp(x, p)), grad, radius, eta, *M, floor=floor
+            step, pred, step_norm = _steihaug_plain(
+                counted(lambda p, x=x: hessp(x, p)), grad, radius, eta, floor
             )
         with np.errstate(all="ignore"):  # a trial point may overflow: it is rejected
             if local is not None:
@@ -877,58 +873,15 @@ class _TRResult:
     products: int = 0  # Hessian products
 
 
-def _steihaug(
-    hv, grad: Array, radius: float, eta: float, solve=None, apply=None, floor: float = 0.0
-):
-    """Approximate argmin of m(p) = g.p + p.Hp / 2 on ||p||_M <= radius.
-
-    CG stops at a residual of max(eta ||grad||, floor). Returns p, the
-    predicted decrease m(0) - m(p) and ||p||_M (M = I without a
-    preconditioner).
-    """
-    if solve is None:
-        return _steihaug_plain(hv, grad, radius, eta, floor)
-    identity = False
-    p = np.zeros_like(grad)
-    Mp = p
-    Hp = np.zeros_like(grad)  # H p, kept along so that the prediction costs no product
-    r = grad.copy()
-    z = r if identity else solve(r)
-    dvec = -z
-    rz = float(r @ z)
-    tol = max(eta * np.sqrt(float(r @ r)), floor)
-    for _ in range(grad.size + 1):
-        Hd = hv(dvec)
-        curv = float(dvec @ Hd)
-        Md = dvec if identity else apply(dvec)
-        if curv > 0:
-            alpha = rz / curv
-            p_next = p + alpha * dvec
-            Mp_next = p_next if identity else Mp + alpha * Md
-            inside = float(p_next @ Mp_next) < radius**2
-        if curv <= 0 or not inside:
-            tau = _to_boundary(p, dvec, Mp, Md, radius)
-            p, Hp = p + tau * dvec, Hp + tau * Hd
-            Mp = p if identity else Mp + tau * Md
-            break
-        p, Mp, Hp = p_next, Mp_next, Hp + alpha * Hd
-        r = r + alpha * Hd
-        if np.sqrt(float(r @ r)) <= tol:
-            break
-        z = r if identity else solve(r)
-        rz_new = float(r @ z)
-        dvec = -z + (rz_new / rz) * dvec
-        rz = rz_new
-    pred = -(float(grad @ p) + 0.5 * float(p @ Hp))
-    return p, pred, float(np.sqrt(max(float(p @ Mp), 0.0)))
-
-
 def _steihaug_plain(hv, grad: Array, radius: float, eta: float, floor: float):
-    """:func:`_steihaug` without a preconditioner, with fewer vector passes.
+    """Approximate argmin of m(p) = g.p + p.Hp / 2 on ||p|| <= radius (Steihaug's truncated CG).
 
-    The norms ||p||^2, p.d and ||d||^2 follow the CG recurrences (p_k is
-    orthogonal to r_k and d_{k-1} to r_k): ||p + a d||^2 = pp + 2 a pd + a^2 dd,
-    pd' = beta (pd + a dd), dd' = r'.r' + beta^2 dd. Vectors are updated in place.
+    CG stops at a residual of max(eta ||grad||, floor), at negative
+    curvature or at the boundary (then on it). Returns p, the predicted
+    decrease m(0) - m(p) and ||p||. The norms ||p||^2, p.d and ||d||^2 follow
+    the CG recurrences (p_k is orthogonal to r_k and d_{k-1} to r_k):
+    ||p + a d||^2 = pp + 2 a pd + a^2 dd, pd' = beta (pd + a dd),
+    dd' = r'.r' + beta^2 dd. Vectors are updated in place.
     """
     p = np.zeros_like(grad)
     r = grad.copy()
@@ -972,7 +925,7 @@ def _steihaug_plain(hv, grad: Array, radius: float, eta: float, floor: float):
 
 
 def _steihaug_prec(hv, grad: Array, radius: float, eta: float, solve, floor: float):
-    """:func:`_steihaug` with a preconditioner given by its ``solve`` only.
+    """:func:`_steihaug_plain` with a preconditioner M given by its ``solve`` (z = M^-1 r) only.
 
     The trust region is ||p||_M <= radius; the M-norms follow the
     preconditioned CG recurrences (Steihaug 1983; Conn, Gould and Toint,
@@ -1021,14 +974,6 @@ def _steihaug_prec(hv, grad: Array, radius: float, eta: float, solve, floor: flo
         Hp = Hp + tau * Hd
     pred = -(float(np.vdot(grad, p)) + 0.5 * float(np.vdot(p, Hp)))
     return p, pred, float(np.sqrt(max(pp, 0.0)))
-
-
-def _to_boundary(p: Array, dvec: Array, Mp: Array, Md: Array, radius: float) -> float:
-    """tau >= 0 with ||p + tau d||_M = radius."""
-    a = float(dvec @ Md)
-    b = 2.0 * float(p @ Md)
-    c = float(p @ Mp) - radius**2
-    return (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
 
 
 def _near_any(g: Array, others: list[Array], rel: float = 1e-8) -> bool:
