@@ -690,6 +690,15 @@ def test_abandoned_reader_lets_the_process_exit(tmp_path):
         np.array([200, 3, 255, 3], dtype=np.uint8),
         np.array([-(2**63), 2**63 - 1, 0]),  # a range too wide: pyarrow hashes it
         np.array([2, 4096, 2]),  # just beyond SMALL_DICTIONARY: hashed
+        np.array([2, 4097, 2]),  # exactly SMALL_DICTIONARY values: coded by the range
+        # x - lo and lo + k beyond the type: int8 spanning more than 127, int64 and
+        # uint64 at their limits (the codes wrap around in the unsigned type)
+        np.array([-100, 100, -100, 7], dtype=np.int8),
+        np.array([-128, 127], dtype=np.int8),
+        np.array([2**63 - 1, 2**63 - 3, 2**63 - 1]),
+        np.array([-(2**63), -(2**63) + 7]),
+        np.array([2**64 - 3, 2**63, 2**63 + 2, 2**64 - 1], dtype=np.uint64)[1:3],
+        np.array([2**64 - 5, 2**64 - 3], dtype=np.uint64),
     ],
 )
 def test_parquet_labels_code_as_python_values_in_order_of_first_use(tmp_path, chunks, tiny, values):

@@ -743,11 +743,17 @@ def _integer_range_dictionary(col: Any) -> Any:
         return None
     values = _numpy(col)
     lo, hi = values.min(), values.max()
-    if int(hi) - int(lo) >= SMALL_DICTIONARY:
+    span = int(hi) - int(lo) + 1
+    if span > SMALL_DICTIONARY:
         return None
-    indices = (values - lo).astype(np.int32)  # 0 <= x - lo < SMALL_DICTIONARY: no overflow
-    entries = _arrow(np.arange(int(lo), int(hi) + 1).astype(values.dtype))
-    return pa.DictionaryArray.from_arrays(_arrow(indices), entries.cast(col.type))
+    # In the unsigned type of the same width, x - lo and lo + k wrap around modulo
+    # 2^bits to the true values (below SMALL_DICTIONARY), for int8 labels spanning
+    # -100..100 and for values near the type's limits alike.
+    unsigned = np.dtype(f"u{values.dtype.itemsize}")
+    u, ulo = values.view(unsigned), np.asarray(lo).view(unsigned)
+    indices = (u - ulo).astype(np.int32)
+    entries = (np.arange(span, dtype=unsigned) + ulo).view(values.dtype)
+    return pa.DictionaryArray.from_arrays(_arrow(indices), _arrow(entries).cast(col.type))
 
 
 def _used_entries(values: list[Any], indices: NDArray[Any]) -> tuple[list[Any], NDArray[np.intp]]:
