@@ -298,6 +298,37 @@ def test_first_bad_chunk_is_named_although_chunks_run_in_parallel(
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("shards", [False, True])
+def test_a_value_outside_the_family_names_its_row_in_the_file(
+    tmp_path, capsys, chunks, engine, shards
+):
+    """A value outside a family's domain in a late chunk is named by its row (and line)
+    in the file, not by its index in the chunk; in a folder of shards, with its shard."""
+    chunks(engine, tiny=True)
+    rng = np.random.default_rng(2)
+    rows = [[repr(float(v)) for v in rng.uniform(1, 2, size=2)] + ["fm"[k % 2], str(k // 2 % 2)]
+            for k in range(200)]  # fmt: skip
+    rows[149][1] = "-1.0"
+    folder = tmp_path / "data"
+    folder.mkdir()
+    text = "".join(",".join(r) + "\n" for r in rows)
+    data = folder / "d.csv"
+    if shards:  # the bad row is row 50 of the second shard
+        (folder / "a.csv").write_text("x1,x2,sex,label\n" + "".join(text.splitlines(True)[:99]))
+        data = folder / "b.csv"
+        text = "".join(text.splitlines(True)[99:])
+    data.write_text("x1,x2,sex,label\n" + text)
+    target = folder if shards else data
+    code, _, err = run(capsys, "fit", target, "--group", "sex", "--label", "label",
+                       "--family", "lognormal", "-o", tmp_path / "m.json")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    row = 51 if shards else 150
+    assert f"'x2' holds -1.0 at row {row} (line {row + 1})" in err, err
+    assert ("b.csv" in err) == shards
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_one_label_per_parsed_value_across_chunks(tmp_path, capsys, chunks, engine):
     chunks(engine, tiny=True)
     data = tmp_path / "d.csv"
@@ -809,3 +840,48 @@ def test_the_command_line_reads_tables_with_jemalloc_unless_a_pool_was_chosen(tm
     assert after == (chosen or "jemalloc")
     if chosen:
         assert before == chosen
+
+
+@pytest.mark.parametrize("kind", ["binary", "date", "decimal"])
+def test_parquet_labels_of_other_types_are_refused_in_one_line(tmp_path, capsys, kind):
+    """A Parquet group column of bytes, dates or decimals cannot name a model's groups
+    (the model is JSON): one line naming the column and the fix, nothing written."""
+    import datetime
+    import decimal
+
+    n = 40
+    values = {
+        "binary": pa.array([b"a", b"b"] * (n // 2)),
+        "date": pa.array([datetime.date(2020, 1, 1 + k % 2) for k in range(n)]),
+        "decimal": pa.array([decimal.Decimal(k % 2) for k in range(n)]),
+    }[kind]
+    y = np.arange(n) // 2 % 2
+    table = pa.table({"x": np.random.default_rng(0).normal(size=n), "g": values, "y": y})
+    pq.write_table(table, tmp_path / "d.parquet")
+    for command, out in (("fit", "m.json"), ("steer", "o.parquet")):
+        code, stdout, err = run(capsys, command, tmp_path / "d.parquet", "--group", "g",
+                                "--label", "y", "-o", tmp_path / out)  # fmt: skip
+        assert code == 2 and stdout == "" and err.count("\n") == 1, err
+        assert "group column 'g' holds" in err and "convert the column" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_csv_integer_labels_beyond_float_precision_stay_apart(tmp_path, capsys, chunks, engine):
+    """Group IDs 2^53 and 2^53 + 1 are two groups (a float key merged them), while
+    "1" and "1.0" stay one class; the one-shot reader agrees with the streamed fit."""
+    chunks(engine, tiny=True)
+    rng = np.random.default_rng(3)
+    ids = ["9007199254740992", "9007199254740993"]
+    rows = [f"{float(rng.normal())!r},{ids[k % 2]},{['1', '0', '1.0', '0'][k // 2 % 4]}\n"
+            for k in range(80)]  # fmt: skip
+    data = tmp_path / "d.csv"
+    data.write_text("x,g,y\n" + "".join(rows))
+    code, out, err = run(capsys, "fit", data, "--group", "g", "--label", "y", "-o",
+                         tmp_path / "m.json")  # fmt: skip
+    assert code == 0 and "2 groups x 2 classes" in out, err
+    model = GaussianModel.load(tmp_path / "m.json")
+    assert model.groups == tuple(ids) and model.classes == ("0", "1")
+    table = fio.read_table(data)
+    assert sorted(set(table.labels("g", "group"))) == ids
+    assert sorted(set(table.labels("y", "class"))) == ["0", "1"]

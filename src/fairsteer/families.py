@@ -23,7 +23,7 @@ Cambridge University Press.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NoReturn
 
 import numpy as np
@@ -1037,8 +1037,12 @@ class Families:
         features: Sequence[str] | None = None,
         *,
         check: bool = True,
+        rows: Callable[[int], str] | None = None,
     ) -> Array:
         """Columns of ``X`` on the Gaussian scale (a new array unless all are normal).
+
+        ``rows(k)`` names row k of ``X`` in messages (default ``"row k"``, its
+        index; a table reader passes the row of the file).
 
         Raises
         ------
@@ -1046,6 +1050,7 @@ class Families:
             If ``X`` has the wrong shape, holds NaN or inf (``check``), or a value
             outside a family's domain; the message names the column and the row.
         """
+        rows = rows or (lambda k: f"row {k}")
         X = np.asarray(X, dtype=np.float64)
         d = len(self.members)
         if X.ndim != 2 or X.shape[1] != d:
@@ -1053,7 +1058,7 @@ class Families:
         if check and not all_finite(X):
             row, j = (int(k) for k in np.argwhere(~np.isfinite(X))[0])
             raise InputError(
-                f"X column {_name(features, j)} holds {X[row, j]} at row {row}; drop or impute "
+                f"X column {_name(features, j)} holds {X[row, j]} at {rows(row)}; drop or impute "
                 "the rows with NaN or inf first"
             )
         if self.is_identity:
@@ -1064,7 +1069,7 @@ class Families:
             row = fam.domain_error(X[:, j])
             if row is not None:
                 raise InputError(
-                    f"{fam.name} feature {_name(features, j)} holds {X[row, j]} at row {row}, "
+                    f"{fam.name} feature {_name(features, j)} holds {X[row, j]} at {rows(row)}, "
                     f"{fam.domain}; {fam.domain_fix}"
                 )
             Z[:, j] = fam.forward(X[:, j], groups)

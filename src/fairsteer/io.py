@@ -212,11 +212,7 @@ class Table:
         spelling: dict[Any, str] = {}
         out = np.empty(raw.size, dtype=object)
         for k, text in enumerate(raw):
-            try:
-                key: Any = float(text)
-            except ValueError:
-                key = ("text", text)
-            out[k] = spelling.setdefault(key, text)
+            out[k] = spelling.setdefault(csv_label_key(text), text)
         return out
 
     def _bad_cell_message(self, name: str, raw: NDArray[Any]) -> str:
@@ -247,6 +243,24 @@ def _bad_cell_message(name: str, raw: Any, where: Any, scope: str) -> str:
         f"numeric column {name!r} {where(k)} {what}{more}; fix or drop those rows, "
         "or leave the column out of the features"
     )
+
+
+def csv_label_key(text: str) -> Hashable:
+    """The identity of a CSV label cell: cells that spell one number are one label.
+
+    ``1``, ``1.0``, `` 1`` and ``1e0`` are the number 1 (an int and a float
+    that are equal are one dictionary key); an integer is read exactly, so
+    IDs beyond 2^53 that differ in their last digits stay apart; any other
+    text is itself.
+    """
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return ("text", text)
 
 
 def _cell_kind(v: Any) -> str:
@@ -627,14 +641,15 @@ class LabelCoder:
         self.source, self.name, self.what = source, name, what
         self.labels: list[Hashable] = []
         self._index: dict[Any, int] = {}
+        kind = getattr(source, "types", {}).get(name)  # Parquet's column types
+        if kind is not None and not _label_type(kind):
+            raise InputError(
+                f"{what} column {name!r} holds {kind} values; labels must be text, numbers "
+                "or booleans: convert the column (e.g. to strings)"
+            )
 
     def _key(self, value: Any) -> Any:
-        if self.source.kind != "csv":
-            return value
-        try:
-            return float(value)
-        except ValueError:
-            return ("text", value)
+        return csv_label_key(value) if self.source.kind == "csv" else value
 
     def encode(self, chunk: Chunk, *, grow: bool = True) -> NDArray[np.intp]:
         """Code of every row of ``chunk``.
@@ -1272,6 +1287,16 @@ def _float_matrix(chunk: Chunk, names: Sequence[str], order: str = "C") -> None:
         X[:, j] = _numpy(col)
     if all_finite(X):
         chunk._matrix = (tuple(names), X)
+
+
+def _label_type(t: Any) -> bool:
+    """Whether a pyarrow type holds labels a model can name (text, numbers, booleans)."""
+    pa = _pyarrow()
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return bool(
+        _is_text(t) or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    )
 
 
 def _is_text(t: Any) -> bool:

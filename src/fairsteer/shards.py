@@ -142,12 +142,9 @@ def label_key(kind: str, value: Any) -> Hashable:
 
     The rule of :class:`fairsteer.io.LabelCoder`, applied across shards.
     """
-    if kind != "csv":
-        return value  # type: ignore[no-any-return]
-    try:
-        return float(value)
-    except ValueError:
-        return ("text", value)
+    from fairsteer.io import csv_label_key
+
+    return csv_label_key(value) if kind == "csv" else value
 
 
 @dataclass(frozen=True, eq=False)
@@ -243,15 +240,16 @@ class Layout:
         args = Namespace(dequantize=list(self.dequantize), seed=self.seed)
         return chunk_features(chunk, self.features, args, offset)  # type: ignore[no-any-return]
 
-    def forward(self, X: NDArray[np.float64], coder: Any, codes: Any, kind: str) -> Any:
-        """Features on the Gaussian scale; per-group families get the model's group codes."""
+    def forward(self, X: NDArray[np.float64], coder: Any, codes: Any, chunk: Any) -> Any:
+        """A chunk's features on the Gaussian scale (per-group families get the model's
+        group codes; messages name the rows of the file)."""
         if not self.family.group_dependent:
-            return self.family.forward(X, None, self.features)
+            return self.family.forward(X, None, self.features, rows=chunk.where)
         lut = np.array(
-            [self.group_codes[label_key(kind, v)] for v in coder.labels],  # type: ignore[index]
+            [self.group_codes[label_key(chunk.source.kind, v)] for v in coder.labels],  # type: ignore[index]
             dtype=np.intp,
         )
-        return self.family.forward(X, lut[codes], self.features)
+        return self.family.forward(X, lut[codes], self.features, rows=chunk.where)
 
 
 def _in_shard(path: Path, exc: InputError, hint: str = "") -> InputError:
@@ -323,7 +321,7 @@ def shard_partial(path: Path, layout: Layout, offset: int = 0) -> ShardPartial:
         shard = _CodedShard(path, layout)
         source, groups, classes = shard.source, shard.groups, shard.classes
         for chunk, X, g, c in shard.chunks(offset):
-            Z = layout.forward(X, groups, g, source.kind)
+            Z = layout.forward(X, groups, g, chunk)
             span.update(Z)
             part = cell_statistics_from_codes(
                 Z, g, c, groups.labels, classes.labels, pooled=layout.pooled
