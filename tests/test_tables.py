@@ -885,3 +885,15 @@ def test_csv_integer_labels_beyond_float_precision_stay_apart(tmp_path, capsys, 
     table = fio.read_table(data)
     assert sorted(set(table.labels("g", "group"))) == ids
     assert sorted(set(table.labels("y", "class"))) == ["0", "1"]
+
+
+def test_a_parquet_file_replaced_between_passes_is_named(tmp_path):
+    """The reader that takes text labels as dictionaries opens the file again: a file
+    whose columns changed since it was opened is an error naming it, not a misread."""
+    data = tmp_path / "d.parquet"
+    write_parquet(data)
+    source = fio.open_table(data)
+    table = pq.read_table(data)
+    pq.write_table(table.rename_columns([*table.column_names[:-1], "town"]), data)
+    with pytest.raises(fio.InputError, match="changed while it was being read"):
+        list(source.chunks(labels=["sex"]))

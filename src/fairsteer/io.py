@@ -936,12 +936,14 @@ class TableSource:
         """
         text = [n for n in labels if _is_text(self.types[n])]
         start = 0
+        reader = self._parquet
         try:
-            reader = self._parquet
             if text:
                 reader = _pyarrow_parquet().ParquetFile(
                     self.path, pre_buffer=False, buffer_size=READ_BUFFER, read_dictionary=text
                 )
+                if reader.schema_arrow.names != self.names:
+                    raise InputError(f"{self.path} changed while it was being read")
             # One thread: pyarrow's column threads cost 2.4x the CPU time for 1.5x less
             # wall time on a batch of 32k rows (2M rows: 0.14 CPU-s against 0.06), and
             # the other core has the parse thread and the caller's work.
@@ -956,8 +958,13 @@ class TableSource:
                     cols = {n: batch.column(j) for j, n in enumerate(self.names)}
                     yield Chunk(self, start, batch.num_rows, cols)
                     start += batch.num_rows
+        except InputError:
+            raise
         except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
             raise InputError(f"cannot read {self.path} as Parquet: {exc}") from None
+        finally:
+            if reader is not self._parquet:
+                reader.close()
 
     def _stdlib_chunks(self, skip: int) -> Iterator[Chunk]:
         """Standard-library reader; the first ``skip`` data rows are checked but not yielded."""
