@@ -137,7 +137,9 @@ def ordered_map(
     time (one queued while ``workers`` run), so memory is bounded by them.
     An exception of ``make`` or of a call is raised here after the results of
     every earlier item, so the error raised is that of the first bad item.
-    With one worker everything runs in the calling thread.
+    With one worker everything runs in the calling thread. The threads and
+    the BLAS limit last until the iterator is exhausted or closed (a ``for``
+    loop left by an exception closes it).
     """
     workers = cpu_workers() if workers is None else workers
     if workers <= 1:
