@@ -148,3 +148,14 @@ def test_ordered_map_raises_the_first_bad_items_error(workers):
         for r in _threads.ordered_map(lambda k: make(k + 10) if k != 5 else make(5), range(8)):
             got.append(r)
     assert got == [10, 11, 12, 13, 14]
+
+
+def test_ordered_map_of_no_items_starts_nothing(monkeypatch):
+    """No items: no worker count asked for (that searches the BLAS libraries), no calls."""
+
+    def refuse():
+        raise AssertionError("cpu_workers called")
+
+    monkeypatch.setattr(_threads, "cpu_workers", refuse)
+    assert list(_threads.ordered_map(refuse, [])) == []
+    assert list(_threads.ordered_map(lambda k: lambda: k, iter([]))) == []

@@ -141,6 +141,12 @@ def ordered_map(
     the BLAS limit last until the iterator is exhausted or closed (a ``for``
     loop left by an exception closes it).
     """
+    iterator = iter(items)
+    try:  # no items: no threads, and no search for the BLAS libraries
+        first = next(iterator)
+    except StopIteration:
+        return
+    items = itertools.chain([first], iterator)
     workers = cpu_workers() if workers is None else workers
     if workers <= 1:
         for item in items:
