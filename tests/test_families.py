@@ -395,7 +395,7 @@ def test_cli_streamed_fit_matches_the_library_fit(tmp_path, capsys, monkeypatch)
     assert cli.family.names == ("lognormal", "normal-scores")
     # A table larger than the reservoir: the transforms come from a sample, the
     # statistics from every row (those of a one-shot fit with that family).
-    monkeypatch.setattr("fairsteer.cli.RESERVOIR_ROWS", 200)
+    monkeypatch.setattr("fairsteer.table_args.RESERVOIR_ROWS", 200)
     assert main([*args, "yeo-johnson-by-group"]) == 0
     cli = GaussianModel.load(tmp_path / "m.json")
     again = fit_model(X, y, g, family=cli.family, features=["x0", "x1"])

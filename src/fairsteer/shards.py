@@ -235,7 +235,7 @@ class Layout:
         """A chunk's features (``--dequantize`` columns dequantised by table row index)."""
         from argparse import Namespace
 
-        from fairsteer.cli import chunk_features
+        from fairsteer.table_args import chunk_features
 
         args = Namespace(dequantize=list(self.dequantize), seed=self.seed)
         return chunk_features(chunk, self.features, args, offset)  # type: ignore[no-any-return]
@@ -702,7 +702,7 @@ def _layout(args: Any, shards: list[Path], reserved: Sequence[str]) -> tuple[Lay
             break
         if not features:
             raise InputError("no numeric feature columns found; name them with --features")
-    from fairsteer.cli import _families
+    from fairsteer.table_args import families as _families
 
     family = _families(args.family, len(features), features)
     layout = Layout(
@@ -754,7 +754,7 @@ def _fit_families(
     for per-group ones), the model's group and class labels, and the offsets
     of the shards (rows before each).
     """
-    from fairsteer.cli import family_sample_rows
+    from fairsteer.table_args import family_sample_rows
 
     size = family_sample_rows(args)
     total, offsets = run.reduce_at_offsets(
@@ -783,8 +783,8 @@ def _fit(args: Any, shards: list[Path], run: Any, reserved: Sequence[str] = ()) 
     ``--dequantize`` noise): the local engine counts the rows on the way, the
     Dask engine counts every shard's rows first (:func:`shard_rows`).
     """
-    from fairsteer.cli import family_sample_rows
     from fairsteer.dask import Partial, finish_fit
+    from fairsteer.table_args import family_sample_rows
 
     family_sample_rows(args)  # checked before any pass
     layout, family = _layout(args, shards, reserved)

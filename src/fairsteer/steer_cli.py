@@ -15,11 +15,12 @@ __all__ = ["add_parser"]
 def _cmd_steer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fairsteer.cli import chunk_features, fit_from_args
+    from fairsteer.cli import fit_from_args
     from fairsteer.io import CellValues, TableWriter, atomic_output, check_output
     from fairsteer.maps import SteeringMaps
     from fairsteer.shards import steer_command, use_shards
     from fairsteer.solve import solve
+    from fairsteer.table_args import chunk_features
 
     if args.context:
         from fairsteer.shards import no_context_on_shards
