@@ -720,10 +720,11 @@ def test_abandoned_reader_lets_the_process_exit(tmp_path):
         [5, -3, 5, 7, 1000, -3],  # gaps: entries of the range that no row uses
         np.array([200, 3, 255, 3], dtype=np.uint8),
         np.array([-(2**63), 2**63 - 1, 0]),  # a range too wide: pyarrow hashes it
-        np.array([2, 4096, 2]),  # just beyond SMALL_DICTIONARY: hashed
-        np.array([2, 4097, 2]),  # exactly SMALL_DICTIONARY values: coded by the range
+        np.array([2, 4096, 2]),  # a range within SMALL_DICTIONARY: counted
+        np.array([2, 4097, 2]),  # a range of exactly SMALL_DICTIONARY values: counted
+        np.array([2, 4098, 2]),  # just beyond SMALL_DICTIONARY: hashed
         # x - lo and lo + k beyond the type: int8 spanning more than 127, int64 and
-        # uint64 at their limits (the codes wrap around in the unsigned type)
+        # uint64 at their limits
         np.array([-100, 100, -100, 7], dtype=np.int8),
         np.array([-128, 127], dtype=np.int8),
         np.array([2**63 - 1, 2**63 - 3, 2**63 - 1]),

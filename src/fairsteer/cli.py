@@ -221,8 +221,7 @@ def fit_from_args(args: argparse.Namespace, reserved: Sequence[str] = ()) -> Fit
     groups = LabelCoder(source, args.group, "group")
     classes = LabelCoder(source, args.label, "class")
     features: list[str] = list(args.features or ())
-    stats = span = family = None
-    n_rows = 0
+    family: Any = None  # decided on the first chunk, before any task below reads it
     labels = [args.group, args.label]
     chunks = source.chunks(floats=features, labels=labels, order="F")
     pooled = args.covariance == "shared"

@@ -63,9 +63,10 @@ def encode_labels(
     """
     arr = label_array(values, what)
     if labels is None:
-        small = _small_int_codes(arr)
+        small = small_int_unique(arr)
         if small is not None:
-            return small
+            uniq, codes = small
+            return tuple(_py(u) for u in uniq), codes
         try:
             uniq, codes = np.unique(arr, return_inverse=True)
         except TypeError:
@@ -91,23 +92,26 @@ def encode_labels(
     return labels, codes
 
 
-def _small_int_codes(arr: NDArray[Any]) -> tuple[tuple[Hashable, ...], NDArray[np.intp]] | None:
-    """Sorted unique labels and codes of integer labels in a small range, by counting.
+def small_int_unique(
+    arr: NDArray[Any], span: int = 1 << 20
+) -> tuple[NDArray[Any], NDArray[np.intp]] | None:
+    """``np.unique(arr, return_inverse=True)`` of integers spanning at most ``span`` values.
 
-    ``np.unique`` sorts the n labels (O(n log n)); integer labels spanning
-    fewer than a million values are counted instead (O(n + range)). The result
-    is that of the ``np.unique`` path; None for anything else.
+    ``np.unique`` sorts the n values (O(n log n)); integers in a small range
+    are counted instead (O(n + range)), with the same result: the sorted
+    distinct values (``arr``'s dtype) and every value's index among them.
+    None for anything else (other dtypes, wider ranges, values beyond intp).
     """
     if arr.dtype.kind not in "iu" or arr.size == 0:
         return None
     lo, hi = int(arr.min()), int(arr.max())
-    if hi - lo >= 1 << 20 or hi > np.iinfo(np.intp).max:
+    if hi - lo >= span or hi > np.iinfo(np.intp).max:
         return None
     offset = arr.astype(np.intp) - lo
     present = np.bincount(offset, minlength=hi - lo + 1) > 0
     code_of = np.cumsum(present) - 1
     uniq = (np.flatnonzero(present) + lo).astype(arr.dtype)
-    return tuple(_py(u) for u in uniq), code_of[offset]
+    return uniq, code_of[offset]
 
 
 def _encode_by_search(arr: NDArray[Any], labels: tuple[Hashable, ...]) -> NDArray[np.intp] | None:
@@ -465,9 +469,9 @@ SUB_BLOCK_BYTES = 1 << 20  # rows gathered, shifted and summed at a time: in L2 
 # repays from about 2 MB of rows (d = 5: 32k rows 1.3 ms inline, 1.7 ms on two
 # workers; 400k rows 18 ms inline, 13 ms on two).
 PARALLEL_ROWS = 2 * CHUNK_ROWS
+PARALLEL_BYTES = 2 << 20
 COLUMN_GATHER_MAX = 16  # columns up to which a column-major X is gathered column by column
 DOT_MAX = 6  # columns up to which their products are dot products (_column_products)
-PARALLEL_BYTES = 2 << 20
 
 
 def _segment_moments(
