@@ -25,9 +25,11 @@ column: the synthetic CSV repeated), as CSV and Parquet, prints
   commands import, and ``chunk``: the in-memory size of one chunk (one Arrow
   batch of the reader). Memory goal: peak - base < 2 x chunk + model, at both
   sizes (constant in rows);
-- where the memory goes: the peak of a subprocess that only iterates the
-  chunks of the file (``fairsteer.io.open_table(path).chunks()``, jemalloc
-  pool, data unused), and the largest live memory of one ``steer`` (numpy and
+- where the memory goes: the peak of a subprocess that only iterates
+  pyarrow's own streaming reader with the settings fairsteer uses (no
+  fairsteer code: the floor of any reader built on it), of one that only
+  iterates the chunks of the file (``fairsteer.io.open_table(path).chunks()``,
+  both with the jemalloc pool, data unused), and the largest live memory of one ``steer`` (numpy and
   Python objects by ``tracemalloc``, Arrow buffers by the pool's
   ``max_memory``).
 
@@ -79,6 +81,24 @@ elif sys.argv[1] == "read":  # the reference: pyarrow reads the whole file
 elif sys.argv[1] == "stream":  # the reader alone, as fit and steer use it, chunks unused
     fairsteer.io.prefer_memory_pool("jemalloc")
     code = sum(0 * chunk.n_rows for chunk in fairsteer.io.open_table(sys.argv[2]).chunks())
+elif sys.argv[1] == "pyarrow":  # pyarrow's streaming reader with the same settings, no fairsteer
+    import pyarrow as pa
+    from fairsteer.io import CHUNK_BYTES, CHUNK_ROWS, READ_BUFFER
+    pa.set_memory_pool(pa.jemalloc_memory_pool())
+    path = sys.argv[2]
+    if path.endswith(".parquet"):
+        source = pyarrow.parquet.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
+        batches = source.iter_batches(batch_size=CHUNK_ROWS, use_threads=False)
+    else:
+        names = pyarrow.csv.open_csv(path).schema.names
+        batches = pyarrow.csv.open_csv(
+            path,
+            read_options=pyarrow.csv.ReadOptions(block_size=CHUNK_BYTES),
+            convert_options=pyarrow.csv.ConvertOptions(
+                column_types={n: pa.string() for n in names}
+            ),
+        )
+    code = sum(0 * batch.num_rows for batch in batches)
 else:
     code = fairsteer.cli.main(sys.argv[1:])
 t2 = time.perf_counter()
@@ -222,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             sink.unlink()
             chunk = chunk_megabytes(path)
             _, _, m_stream = run_child(["stream", str(path)], args.repeat)
+            _, t_raw, m_raw = run_child(["pyarrow", str(path)], args.repeat)
             shared = [str(path), "--group", "group", "--label", "label", "--covariance", "shared"]
             live = live_megabytes(["steer", *shared, "-o", str(folder / f"o.{kind}")])
-            detail.append((n, kind, m_stream - base, *live))
+            detail.append((n, kind, m_raw - base, t_raw, m_stream - base, *live, chunk))
             for cov in ("shared", "per-class"):
                 common = [str(path), "--group", "group", "--label", "label", "--covariance", cov]
                 fit = ["fit", *common, "-o", str(folder / "m.json")]
@@ -250,13 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     for n, kind, warm, t_read, m_read in reads:
         print(f"{n:>9} {kind:>7} {t_read:7.3f} {warm:12.3f} {m_read:8.0f}")
     print(
-        "where the memory goes: 'stream' is the peak above the base of the reader alone "
-        "(the chunks fit and steer read, unused); 'live' the largest live numpy/Python "
-        "(tracemalloc) and Arrow-pool memory of one steer (shared covariance)"
+        "where the memory goes (MB above the base): 'pyarrow' is pyarrow's own streaming "
+        "reader with the settings fairsteer uses (batches unused, no fairsteer code; its "
+        "time in s), 'stream' the reader as fit and steer use it (chunks unused), 'live' "
+        "the largest live numpy/Python (tracemalloc) and Arrow-pool memory of one steer "
+        "(shared covariance)"
     )
-    print(f"{'rows':>9} {'format':>7} {'stream MB':>9} {'live numpy MB':>13} {'live Arrow MB':>13}")
-    for n, kind, stream, numpy_mb, arrow_mb in detail:
-        print(f"{n:>9} {kind:>7} {stream:9.0f} {numpy_mb:13.0f} {arrow_mb:13.0f}")
+    print(
+        f"{'rows':>9} {'format':>7} {'pyarrow MB':>10} {'/chunk':>6} {'pyarrow s':>9} "
+        f"{'stream MB':>9} {'live numpy MB':>13} {'live Arrow MB':>13}"
+    )
+    for n, kind, raw, t_raw, stream, numpy_mb, arrow_mb, chunk in detail:
+        print(
+            f"{n:>9} {kind:>7} {raw:10.0f} {raw / chunk:6.1f} {t_raw:9.3f} "
+            f"{stream:9.0f} {numpy_mb:13.0f} {arrow_mb:13.0f}"
+        )
     return 0
 
 
