@@ -63,6 +63,7 @@ import sys, time
 t0 = time.perf_counter()
 import fairsteer.cli, fairsteer.io, fairsteer.maps, fairsteer.solve, pyarrow.csv, pyarrow.parquet
 import pyarrow.compute, fairsteer.shards, threadpoolctl, concurrent.futures.thread
+import scipy.linalg  # imported by fit's first use, no longer by `import fairsteer`
 fairsteer.cli.build_parser()  # imports the command modules and plugins
 trace = sys.argv[1] == "trace"
 if trace:  # the live data: numpy's allocations (tracemalloc) and the Arrow pool's
