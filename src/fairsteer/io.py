@@ -77,7 +77,7 @@ MIN_PART_ROWS = 4096
 ROW_GROUP_ROWS = 1 << 17
 # 32768 rows: on 2M rows (bench_tables.py, 2026-11-26) as fast as 131072 (fit
 # faster: the reader and the statistics overlap sooner) with a third less peak
-# memory; 16384 rows saves 10-15 MB but fit is 30% slower. 2 MB CSV blocks: fit
+# memory; 16384 rows saves 10-15 MB but fit is 25-55% slower. 2 MB CSV blocks: fit
 # as fast as 4 MB, steer with shared covariance 15% faster, 15-40 MB less peak
 # memory (3 interleaved fresh processes each; 1 MB saves 30 MB more but fit is
 # 10-15% slower).
