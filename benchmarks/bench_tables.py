@@ -27,10 +27,12 @@ column: the synthetic CSV repeated), as CSV and Parquet, prints
   sizes (constant in rows);
 - where the memory goes: the peak of a subprocess that only iterates
   pyarrow's own streaming reader with the settings fairsteer uses (no
-  fairsteer code: the floor of any reader built on it), of one that only
-  iterates the chunks of the file (``fairsteer.io.open_table(path).chunks()``,
-  both with the jemalloc pool, data unused), and the largest live memory of one ``steer`` (numpy and
-  Python objects by ``tracemalloc``, Arrow buffers by the pool's
+  fairsteer code: for Parquet the floor of any reader built on it; pyarrow's
+  CSV reader reads ahead of its consumer, which fairsteer paces), of one
+  that only iterates the chunks of the file
+  (``fairsteer.io.open_table(path).chunks()``), both with the jemalloc pool
+  and the data unused, and the largest live memory of one ``steer`` (numpy
+  and Python objects by ``tracemalloc``, Arrow buffers by the pool's
   ``max_memory``).
 
 The command line uses pyarrow's jemalloc pool; ``ARROW_DEFAULT_MEMORY_POOL=mimalloc
@@ -90,8 +92,10 @@ elif sys.argv[1] == "pyarrow":  # pyarrow's streaming reader with the same setti
     if path.endswith(".parquet"):
         source = pyarrow.parquet.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
         batches = source.iter_batches(batch_size=CHUNK_ROWS, use_threads=False)
-    else:
-        names = pyarrow.csv.open_csv(path).schema.names
+    else:  # the header by the csv module: a second pyarrow reader would read ahead too
+        import csv
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            names = next(csv.reader(fh))
         batches = pyarrow.csv.open_csv(
             path,
             read_options=pyarrow.csv.ReadOptions(block_size=CHUNK_BYTES),
