@@ -252,3 +252,20 @@ def test_feature_range_merge_equals_one_update():
     assert parts.n == one.n == 50
     np.testing.assert_array_equal(parts.hi, one.hi)
     np.testing.assert_array_equal(parts.lo, one.lo)
+
+
+@pytest.mark.parametrize("d", [1, 5, 32, 33, 60])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_feature_range_update_is_the_columns_max_and_min_in_any_layout(d, order):
+    # update copies narrow row-major batches to column-major first: the extremes
+    # are exact either way (max and min do not round)
+    from fairsteer.stats import FeatureRange
+
+    scales = 10.0 ** np.arange(d)  # up to 1e59: the extremes of every column differ in size
+    Z = np.asarray(np.random.default_rng(d).normal(size=(300, d)) * scales, order=order)
+    span = FeatureRange(d)
+    span.update(Z[::2])  # a strided view: neither layout
+    span.update(Z[1::2])
+    assert span.n == 300
+    np.testing.assert_array_equal(span.hi, Z.max(axis=0))
+    np.testing.assert_array_equal(span.lo, Z.min(axis=0))

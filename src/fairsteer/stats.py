@@ -472,6 +472,7 @@ PARALLEL_ROWS = 2 * CHUNK_ROWS
 PARALLEL_BYTES = 2 << 20
 COLUMN_GATHER_MAX = 16  # columns up to which a column-major X is gathered column by column
 DOT_MAX = 6  # columns up to which their products are dot products (_column_products)
+RANGE_COPY_MAX = 32  # columns up to which FeatureRange.update copies to column-major
 
 
 def _segment_moments(
@@ -682,6 +683,11 @@ class FeatureRange:
         """Take the rows of one batch (finite, on the model scale) into account."""
         if Z.shape[0]:
             self.n += Z.shape[0]
+            if Z.ndim == 2 and Z.shape[1] <= RANGE_COPY_MAX and not Z.flags.f_contiguous:
+                # numpy's axis-0 max and min of a narrow row-major array walk it a
+                # few values at a time: 32k x 5 takes 1.8 ms, 0.12 ms after a
+                # column-major copy (copy included; equal at ~40 columns)
+                Z = np.asfortranarray(Z)
             np.maximum(self.hi, Z.max(axis=0), out=self.hi)
             np.minimum(self.lo, Z.min(axis=0), out=self.lo)
 
