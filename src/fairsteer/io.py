@@ -1440,8 +1440,7 @@ def _numpy(arr: Any) -> NDArray[Any]:
     """
     pa = _pyarrow()
     t = arr.type
-    text = t.value_type if pa.types.is_dictionary(t) else t
-    if pa.types.is_string(text) or pa.types.is_large_string(text):
+    if _is_text(t.value_type if pa.types.is_dictionary(t) else t):
         out = np.empty(len(arr), dtype=object)
         out[:] = arr.to_pylist()
         return out
